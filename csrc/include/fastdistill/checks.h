@@ -1,0 +1,87 @@
+// Host-side input validation shared by the CPU and CUDA entry points. Every message names the
+// op and the argument. Shape/device problems raise ValueError in Python, dtype problems
+// TypeError, the same types (and wording) as the pure-PyTorch reference path.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "fastdistill/params.h"
+
+namespace fastdistill {
+
+inline bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return DType::kFloat32;
+    case at::kDouble:
+      return DType::kFloat64;
+    case at::kHalf:
+      return DType::kFloat16;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "fastdistill: unsupported dtype ", t);
+  }
+}
+
+// The first tensor argument `ref` sets dtype and device; it must be a float tensor on
+// `device_type`.
+inline void check_reference_arg(const char* op, const char* name, const at::Tensor& ref,
+                                c10::DeviceType device_type) {
+  TORCH_CHECK_VALUE(ref.defined(), op, ": `", name, "` is an undefined tensor");
+  TORCH_CHECK_TYPE(is_supported_dtype(ref.scalar_type()), op, ": `", name,
+                   "` must have dtype float32, float64, float16 or bfloat16, got ",
+                   ref.scalar_type());
+  TORCH_CHECK_VALUE(ref.device().type() == device_type, op, ": `", name, "` must be on a ",
+                    c10::DeviceTypeName(device_type, /*lower_case=*/true), " device, got ",
+                    ref.device());
+}
+
+// `t` must match `ref` (named `ref_name`) in dtype and device, and in shape if `same_shape`.
+inline void check_like(const char* op, const char* name, const at::Tensor& t,
+                       const char* ref_name, const at::Tensor& ref, bool same_shape) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": `", name, "` is an undefined tensor");
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": `", name,
+                   "` must have the same dtype as `", ref_name, "` (", ref.scalar_type(),
+                   "), got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": `", name,
+                    "` must be on the same device as `", ref_name, "` (", ref.device(),
+                    "), got ", t.device());
+  if (same_shape) {
+    TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": `", name,
+                      "` must have the same shape as `", ref_name, "` ", ref.sizes(), ", got ",
+                      t.sizes());
+  }
+}
+
+inline void check_scalar(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.dim() == 0, op, ": `", name,
+                    "` must be a 0-d tensor (one step size), got shape ", t.sizes());
+}
+
+// inner_update(w, g, raw_lr): w is [B, P] (any shape is accepted: the op is elementwise).
+inline void check_inner_update(const at::Tensor& w, const at::Tensor& g, const at::Tensor& raw_lr,
+                               c10::DeviceType device_type) {
+  constexpr const char* op = "fastdistill::inner_update";
+  check_reference_arg(op, "w", w, device_type);
+  check_like(op, "g", g, "w", w, /*same_shape=*/true);
+  check_like(op, "raw_lr", raw_lr, "w", w, /*same_shape=*/false);
+  check_scalar(op, "raw_lr", raw_lr);
+}
+
+inline void check_adjoint_update(const at::Tensor& v, const at::Tensor& hv, const at::Tensor& g,
+                                 const at::Tensor& raw_lr, c10::DeviceType device_type) {
+  constexpr const char* op = "fastdistill::adjoint_update";
+  check_reference_arg(op, "v", v, device_type);
+  check_like(op, "hv", hv, "v", v, /*same_shape=*/true);
+  check_like(op, "g", g, "v", v, /*same_shape=*/true);
+  check_like(op, "raw_lr", raw_lr, "v", v, /*same_shape=*/false);
+  check_scalar(op, "raw_lr", raw_lr);
+}
+
+}  // namespace fastdistill

@@ -1,0 +1,48 @@
+"""fastdistill: soft-label and text dataset distillation with fused C++/CUDA kernels.
+
+The data flow: user API (``Distiller``, ``fastdistill distill``) -> engine (functional nets,
+hypergradient engines, outer loop) -> ops (``fastdistill.ops``: compiled kernels or the
+pure-PyTorch reference, chosen per call).
+"""
+
+from fastdistill import ops
+from fastdistill._extension import backend_info
+from fastdistill.config import PRESETS, DistillConfig, get_preset
+from fastdistill.distilled import DistilledSet
+from fastdistill.engine import FlatModel, Hypergradient, hypergradient, sample_weights
+from fastdistill.engine.outer import Distiller, NonFiniteLossError
+from fastdistill.evaluate import Accuracy, evaluate_distilled, train_full_data
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PRESETS",
+    "Accuracy",
+    "DistillConfig",
+    "DistilledSet",
+    "Distiller",
+    "FlatModel",
+    "Hypergradient",
+    "NonFiniteLossError",
+    "backend_info",
+    "distill",
+    "evaluate_distilled",
+    "get_preset",
+    "hypergradient",
+    "ops",
+    "sample_weights",
+    "train_full_data",
+]
+
+
+def distill(preset_or_config: str | DistillConfig, **overrides) -> Distiller:
+    """Run a distillation to completion and return the ``Distiller`` (``.distilled``,
+    ``.evaluate()``). ``overrides`` change configuration fields, e.g. ``iterations=100``."""
+    config = (
+        get_preset(preset_or_config).config
+        if isinstance(preset_or_config, str)
+        else preset_or_config
+    )
+    distiller = Distiller(config.replace(**overrides) if overrides else config)
+    distiller.fit()
+    return distiller

@@ -1,0 +1,234 @@
+"""Command line: ``fastdistill presets | distill | evaluate | info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastdistill.config import PRESETS, get_preset
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in PRESETS)
+    for name, p in PRESETS.items():
+        paper = f"  [paper: {p.paper_accuracy}]" if p.paper_accuracy else ""
+        print(f"{name:<{width}}  {p.description}{paper}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from fastdistill import backend_info
+
+    print(json.dumps(backend_info(), indent=2, default=str))
+    return 0
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from fastdistill import backend_info
+    from fastdistill.engine.outer import Distiller
+    from fastdistill.evaluate import distillation_ratio, train_full_data
+    from fastdistill.models import build_model
+
+    preset = get_preset(args.preset)
+    overrides: dict[str, Any] = {}
+    for key in ("iterations", "seed", "engine", "eval_nets", "full_data_epochs", "dtype"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    config = preset.config.replace(**overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    start = time.perf_counter()
+    distiller = Distiller(config, device=device, data_root=args.data_root, download=args.download)
+    load_time = time.perf_counter() - start
+    ckpt = out / "checkpoint.safetensors"
+    if args.resume and ckpt.exists():
+        distiller.load_checkpoint(ckpt)
+        print(f"resumed from {ckpt} at iteration {distiller.iteration}")
+    print(
+        f"distilling preset {args.preset}: {distiller.total_iterations} iterations on {device}, "
+        f"model {config.model} ({distiller.model.num_params} parameters), "
+        f"{distiller.distilled.num_samples} distilled samples, T={config.total_steps}"
+    )
+
+    def report_line(d: Distiller, stats: dict[str, float]) -> None:
+        if args.log_every and d.iteration % args.log_every == 0:
+            print(
+                f"iteration {d.iteration}/{d.total_iterations}  loss {stats['outer_loss']:.4f}  "
+                f"lr {stats['lr']:.3g}  {d.wall_time:.0f}s",
+                flush=True,
+            )
+
+    distiller.fit(progress=not args.quiet, checkpoint_path=ckpt, callback=report_line)
+    distiller.distilled.save(out / "distilled.safetensors")
+
+    t0 = time.perf_counter()
+    acc = distiller.evaluate()
+    eval_time = time.perf_counter() - t0
+    print(f"test accuracy ({config.init} init): {acc}")
+    report: dict[str, Any] = {
+        "preset": args.preset,
+        "test_accuracy": acc.to_dict(),
+        "paper_accuracy": preset.paper_accuracy,
+        "config": config.to_dict(),
+        "iterations": distiller.iteration,
+        "distill_wall_time_s": distiller.wall_time,
+        "seconds_per_iteration": distiller.wall_time / max(1, distiller.iteration),
+        "data_load_time_s": load_time,
+        "evaluation_time_s": eval_time,
+        "device": str(device),
+        "torch": torch.__version__,
+        "backend": backend_info(),
+        "learned_lrs": distiller.distilled.lrs.tolist(),
+        "history": distiller.history,
+    }
+    if config.full_data_epochs > 0:
+        data = distiller.data
+        module = build_model(
+            config.model,
+            in_channels=data.in_channels,
+            num_outputs=data.num_classes,
+            image_size=data.image_size[0],
+            **config.model_kwargs,
+        ).to(device, distiller.dtype)
+        full = train_full_data(
+            module,
+            distiller.train_x,
+            data.train_y,
+            distiller.test_x,
+            data.test_y,
+            epochs=config.full_data_epochs,
+            seed=config.seed,
+            scheme=config.init_scheme,
+        )
+        report["full_data_accuracy"] = full
+        report["distillation_ratio"] = distillation_ratio(acc.mean, full)
+        print(f"full-data accuracy: {100 * full:.2f}%  ->  r = {report['distillation_ratio']:.1f}")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {out / 'distilled.safetensors'} and {out / 'report.json'}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fastdistill.data import load_image_dataset
+    from fastdistill.distilled import DistilledSet
+    from fastdistill.engine.functional import FlatModel
+    from fastdistill.evaluate import evaluate_distilled
+    from fastdistill.models import build_model
+
+    device = _device(args.device)
+    path = Path(args.path)
+    if path.is_dir():
+        path = path / "distilled.safetensors"
+    d = DistilledSet.load(path, device)
+    meta = d.meta
+    ds = meta["dataset"]
+    model_name = args.model or meta["model"]["name"]
+    kwargs = meta["model"]["kwargs"] if args.model is None else {}
+    data = load_image_dataset(ds["name"], args.data_root, image_size=ds["image_size"][0]).to(device)
+    module = build_model(
+        model_name,
+        in_channels=ds["in_channels"],
+        num_outputs=ds["num_classes"],
+        image_size=ds["image_size"][0],
+        **kwargs,
+    ).to(device, d.data.dtype)
+    init = args.init or (meta["init"]["kind"] if args.model is None else "random")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    acc = evaluate_distilled(
+        d,
+        FlatModel(module),
+        data.test_x.to(d.data.dtype),
+        data.test_y,
+        init=init,
+        n_nets=args.nets,
+        generator=gen,
+        scheme=meta["init"]["scheme"],
+    )
+    print(json.dumps({"model": model_name, "init": init, "test_accuracy": acc.to_dict()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets", help="list the named configurations").set_defaults(fn=_cmd_presets)
+    sub.add_parser(
+        "info", help="which backend (kernels or reference) is in use, and why"
+    ).set_defaults(fn=_cmd_info)
+
+    d = sub.add_parser("distill", help="distill a dataset with a preset")
+    d.add_argument("--preset", required=True)
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--iterations", type=int, help="outer iterations (default: the preset's)")
+    d.add_argument("--seed", type=int)
+    d.add_argument("--engine", choices=["adjoint", "unroll"])
+    d.add_argument("--eval-nets", type=int, help="random-init nets to evaluate (default 200)")
+    d.add_argument(
+        "--full-data-epochs",
+        type=int,
+        help="also train on all real data for this many epochs, for the ratio r_M",
+    )
+    d.add_argument("--dtype", choices=["float32", "float64"])
+    d.add_argument("--data-root", help="folder laid out like ../shared/data (default: found)")
+    d.add_argument("--download", action="store_true", help="allow dataset downloads")
+    d.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
+    d.add_argument("--threads", type=int, help="CPU threads for torch")
+    d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--log-every", type=int, default=0, help="print a line every N iterations")
+    d.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any configuration field (JSON value), e.g. decay_epochs=100",
+    )
+    d.set_defaults(fn=_cmd_distill)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved distilled set")
+    e.add_argument("path", help="a run folder or a distilled.safetensors file")
+    e.add_argument("--model", help="another architecture (cross-architecture evaluation)")
+    e.add_argument("--init", choices=["fixed", "random"])
+    e.add_argument("--nets", type=int, default=200)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--data-root")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(fn=_cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fastdistill: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Distillation configuration and the named presets (the paper's experiments)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fastdistill.distilled import LABEL_INITS
+from fastdistill.engine.hypergrad import ENGINES
+from fastdistill.engine.init import INIT_SCHEMES
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a distillation run. Defaults follow SPEC §1-3."""
+
+    # data and model
+    dataset: str = "digits"
+    image_size: int | None = None
+    model: str = "lenet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # the distilled set
+    images_per_class: int = 1
+    classes_per_step: int | None = None
+    steps: int = 1
+    epochs: int = 3
+    label_mode: Literal["soft", "hard"] = "soft"
+    label_init: Literal["onehot", "smoothed", "random"] = "onehot"
+    softmax_targets: bool = False
+    distill_lr: float = 0.02
+    # initial weights p(w0)
+    init: Literal["fixed", "random"] = "fixed"
+    init_scheme: Literal["xavier", "kaiming", "default"] = "xavier"
+    init_gain: float = 1.0
+    nets_per_iteration: int = 1
+    # outer optimisation
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.5, 0.999)
+    outer_epochs: int = 400
+    iterations: int | None = None
+    decay_epochs: int = 40
+    decay_factor: float = 0.5
+    real_batch_size: int = 1024
+    engine: Literal["adjoint", "unroll"] = "adjoint"
+    checkpoint_every: int | None = None
+    # evaluation
+    eval_nets: int = 200
+    full_data_epochs: int = 0
+    seed: int = 0
+    dtype: Literal["float32", "float64"] = "float32"
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON gives lists
+        checks = {
+            "label_mode": (self.label_mode, ("soft", "hard")),
+            "label_init": (self.label_init, LABEL_INITS),
+            "init": (self.init, ("fixed", "random")),
+            "init_scheme": (self.init_scheme, INIT_SCHEMES),
+            "engine": (self.engine, ENGINES),
+            "dtype": (self.dtype, ("float32", "float64")),
+        }
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {tuple(allowed)}")
+        for name in (
+            "images_per_class",
+            "steps",
+            "epochs",
+            "nets_per_iteration",
+            "real_batch_size",
+            "decay_epochs",
+            "outer_epochs",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.iterations is not None and self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.distill_lr <= 0 or self.lr <= 0:
+            raise ValueError("distill_lr and lr must be positive")
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps * self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    config: DistillConfig
+    paper_accuracy: str | None = None
+
+
+def _image_presets() -> list[Preset]:
+    mnist = DistillConfig(dataset="mnist", model="lenet", decay_epochs=40, outer_epochs=400)
+    cifar = DistillConfig(
+        dataset="cifar10", model="alexcifarnet", decay_epochs=40, outer_epochs=400
+    )
+    rows = [
+        (
+            "mnist-lenet-fixed-10",
+            "MNIST, LeNet, fixed init, 10 images (1 step x 3 epochs)",
+            mnist.replace(steps=1, epochs=3),
+            "96.13% (DD: 93.76%)",
+        ),
+        (
+            "mnist-lenet-fixed-5",
+            "MNIST, LeNet, fixed init, 5 images for 10 classes",
+            mnist.replace(steps=1, epochs=3, classes_per_step=5),
+            "91.56%",
+        ),
+        (
+            "mnist-lenet-random-100",
+            "MNIST, LeNet, random init, 100 images (10 steps x 3 epochs)",
+            mnist.replace(steps=10, epochs=3, init="random", nets_per_iteration=4, distill_lr=0.02),
+            "82.75 +- 2.75% (DD: 79.5 +- 8.1%)",
+        ),
+        (
+            "mnist-lenet-fixed-100",
+            "MNIST, LeNet, fixed init, 100 images (10 steps x 3 epochs)",
+            mnist.replace(steps=10, epochs=3),
+            "98.6% (DD: 96.6%)",
+        ),
+        (
+            "cifar10-alexcifarnet-fixed-100",
+            "CIFAR-10, AlexCifarNet, fixed init, 100 images",
+            cifar.replace(steps=10, epochs=3),
+            "60.0% (DD: 54.0%)",
+        ),
+        (
+            "cifar10-alexcifarnet-random-100",
+            "CIFAR-10, AlexCifarNet, random init, 100 images",
+            cifar.replace(steps=10, epochs=3, init="random", nets_per_iteration=4),
+            "39.82 +- 0.83% (DD: 36.8 +- 1.2%)",
+        ),
+    ]
+    out = []
+    for name, desc, cfg, paper in rows:
+        out.append(Preset(name, desc + ", soft labels", cfg, paper))
+        out.append(
+            Preset(
+                f"{name}-hard", desc + ", hard labels (original DD)", cfg.replace(label_mode="hard")
+            )
+        )
+    return out
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset(
+            "digits-lenet-fixed-10",
+            "sklearn digits (embedded, 8x8 upscaled to 28x28), LeNet, fixed init, 10 soft-label "
+            "images; the demo: a few minutes on a laptop CPU",
+            DistillConfig(
+                dataset="digits",
+                image_size=28,
+                model="lenet",
+                steps=1,
+                epochs=3,
+                outer_epochs=400,
+                decay_epochs=150,
+                real_batch_size=1024,
+            ),
+        ),
+        Preset(
+            "digits-lenet-fixed-10-hard",
+            "the demo with hard, frozen labels (original DD), for comparison",
+            DistillConfig(
+                dataset="digits",
+                image_size=28,
+                model="lenet",
+                steps=1,
+                epochs=3,
+                outer_epochs=400,
+                decay_epochs=150,
+                real_batch_size=1024,
+                label_mode="hard",
+            ),
+        ),
+        *_image_presets(),
+    ]
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown preset {name!r}; run `fastdistill presets` to list them"
+        ) from None

@@ -1,0 +1,284 @@
+"""Exact hypergradients of the outer loss w.r.t. distilled data, labels and step sizes.
+
+Two engines compute the same numbers (to float64 precision):
+
+* ``unroll`` — the oracle: one differentiable graph through all ``T`` inner steps, any model.
+  Memory grows linearly with ``T``.
+* ``adjoint`` — the product: a forward unroll without a graph that keeps only weight
+  checkpoints, then a reverse sweep that recomputes one step at a time and applies its
+  Hessian-vector products (SPEC §3)::
+
+      dL/dw_t  = v - lr_t * H_ww v        dL/dx_t = -lr_t * (d2l/dx dw) v
+      dL/dy_t  = -lr_t * (d2l/dy dw) v    dL/dlr_t = -<grad_w l, v>
+
+  Graph memory is that of one inner step whatever ``T`` is. Weights are checkpointed every
+  ``checkpoint_every`` steps (default ~sqrt(T)) and segments are recomputed in the sweep, so
+  stored weights grow as ``2 sqrt(T)`` rather than ``T``.
+
+Everything is batched over B nets (``w0`` is ``[B, P]``); the result is the mean over nets.
+Step ``t`` uses distilled batch ``t mod S`` (S = ``data.shape[0]``), so data and label gradients
+add up over epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastdistill import ops
+from fastdistill.engine.functional import FlatModel
+from fastdistill.engine.losses import LabelKind, inner_loss, outer_loss
+
+Engine = Literal["adjoint", "unroll"]
+ENGINES: tuple[str, ...] = ("adjoint", "unroll")
+
+
+@dataclass
+class Hypergradient:
+    """Result of one hypergradient evaluation (all tensors detached)."""
+
+    outer_loss: Tensor  # [B], each net's loss on the real batch after T steps
+    grad_data: Tensor  # like data [S, N, ...]
+    grad_labels: Tensor | None  # like labels, None when labels are frozen
+    grad_raw_lrs: Tensor  # [T]
+    final_weights: Tensor  # [B, P], w_T of every net
+
+
+def hypergradient(
+    model: FlatModel,
+    w0: Tensor,
+    data: Tensor,
+    labels: Tensor,
+    raw_lrs: Tensor,
+    real_x: Tensor,
+    real_y: Tensor,
+    *,
+    label_kind: LabelKind = "soft",
+    learn_labels: bool = True,
+    engine: Engine = "adjoint",
+    checkpoint_every: int | None = None,
+    truncate: int | None = None,
+    rng_seed: int | None = None,
+) -> Hypergradient:
+    """d(mean over nets of the outer loss) / d(data, labels, raw_lrs), exactly.
+
+    Args:
+        model: the network and its flat-parameter layout.
+        w0: ``[B, P]`` initial weights of the B nets.
+        data: ``[S, N, ...]`` distilled inputs of each distilled step.
+        labels: ``[S, N, K]`` label rows (``[S, N]`` for binary tasks).
+        raw_lrs: ``[T]`` raw step sizes; step ``t`` uses ``softplus(raw_lrs[t])``.
+        real_x, real_y: the real batch of the outer loss.
+        label_kind: ``soft``, ``softmax`` or ``binary`` (see ``inner_loss``).
+        learn_labels: compute label gradients (False for frozen, hard labels).
+        engine: ``adjoint`` (memory of one step) or ``unroll`` (the oracle).
+        checkpoint_every: adjoint only; store every k-th weight vector (1 = all).
+        truncate: back-propagate through the last ``truncate`` steps only (None = exact).
+        rng_seed: base seed that makes stochastic layers (dropout) replay the same masks in
+            every engine and in the adjoint's recomputation; drawn when None.
+    """
+    _check_inputs(model, w0, data, labels, raw_lrs, real_x, real_y, label_kind)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    if model.stochastic and rng_seed is None:
+        rng_seed = int(torch.randint(0, 2**62, (1,)).item())
+    run = _adjoint if engine == "adjoint" else _unroll
+    return run(
+        model,
+        w0,
+        data,
+        labels,
+        raw_lrs,
+        real_x,
+        real_y,
+        label_kind,
+        learn_labels,
+        checkpoint_every,
+        truncate,
+        rng_seed,
+    )
+
+
+# -- shared pieces ----------------------------------------------------------------------------
+def _check_inputs(
+    model: FlatModel,
+    w0: Tensor,
+    data: Tensor,
+    labels: Tensor,
+    raw_lrs: Tensor,
+    real_x: Tensor,
+    real_y: Tensor,
+    label_kind: str,
+) -> None:
+    if w0.dim() != 2 or w0.shape[1] != model.num_params:
+        raise ValueError(f"w0 must be [B, {model.num_params}], got {tuple(w0.shape)}")
+    if raw_lrs.dim() != 1 or raw_lrs.numel() == 0:
+        raise ValueError(f"raw_lrs must be a non-empty 1-d tensor [T], got {tuple(raw_lrs.shape)}")
+    if data.shape[:2] != labels.shape[:2]:
+        raise ValueError(
+            f"data {tuple(data.shape)} and labels {tuple(labels.shape)} disagree on [S, N]"
+        )
+    if (label_kind == "binary") != (labels.dim() == 2):
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not fit label_kind={label_kind!r} "
+            "(binary tasks take one scalar label per example: [S, N])"
+        )
+    if real_x.shape[0] != real_y.shape[0]:
+        raise ValueError(f"real batch sizes differ: x {real_x.shape[0]} vs y {real_y.shape[0]}")
+    tensors = {"w0": w0, "data": data, "labels": labels, "raw_lrs": raw_lrs, "real_x": real_x}
+    devices = {n: t.device for n, t in tensors.items()} | {"real_y": real_y.device}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"all tensors must be on one device, got {devices}")
+    dtypes = {n: t.dtype for n, t in tensors.items()}
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"all floating tensors must share one dtype, got {dtypes}")
+
+
+@contextmanager
+def _step_rng(seed: int | None, t: int, device: torch.device) -> Iterator[None]:
+    """Deterministic randomness for inner step t, so recomputation replays dropout masks."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed((seed + 1_000_003 * (t + 1)) % (2**63))
+        yield
+
+
+def _inner_grad(
+    model: FlatModel, w: Tensor, x: Tensor, y: Tensor, kind: LabelKind, create_graph: bool
+) -> Tensor:
+    loss = inner_loss(model.forward(w, x, train=True), y, kind).sum()
+    (g,) = torch.autograd.grad(loss, w, create_graph=create_graph)
+    return g
+
+
+def _outer(model: FlatModel, w: Tensor, x: Tensor, y: Tensor, binary: bool) -> Tensor:
+    return outer_loss(model.forward(w, x, train=False), y, binary)
+
+
+def _first_step(truncate: int | None, T: int) -> int:
+    if truncate is None:
+        return 0
+    if truncate < 1:
+        raise ValueError(f"truncate must be >= 1, got {truncate}")
+    return max(0, T - truncate)
+
+
+# -- unroll: the oracle -----------------------------------------------------------------------
+def _unroll(
+    model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, _ckpt, truncate, seed
+) -> Hypergradient:
+    T, S = raw_lrs.numel(), data.shape[0]
+    first = _first_step(truncate, T)
+    with torch.enable_grad():
+        x_all = data.detach().requires_grad_()
+        y_all = labels.detach().requires_grad_(learn_labels)
+        raw = raw_lrs.detach().requires_grad_()
+        lrs = F.softplus(raw)
+        w = w0.detach().requires_grad_()
+        for t in range(T):
+            s = t % S
+            if t == first:
+                w = w.detach().requires_grad_()
+            with _step_rng(seed, t, w.device):
+                g = _inner_grad(model, w, x_all[s], y_all[s], kind, create_graph=t >= first)
+            w = w - lrs[t] * g
+        per_net = _outer(model, w, real_x, real_y, kind == "binary")
+        inputs = [x_all, raw] + ([y_all] if learn_labels else [])
+        grads = torch.autograd.grad(per_net.mean(), inputs, allow_unused=True)
+    grads = [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+    return Hypergradient(
+        outer_loss=per_net.detach(),
+        grad_data=grads[0],
+        grad_labels=grads[2] if learn_labels else None,
+        grad_raw_lrs=grads[1],
+        final_weights=w.detach(),
+    )
+
+
+# -- adjoint: forward without graph, reverse sweep one step at a time -------------------------
+def default_checkpoint_every(T: int) -> int:
+    """Keep every weight vector for short unrolls, ~sqrt(T) checkpoints for long ones."""
+    return 1 if T <= 16 else math.ceil(math.sqrt(T))
+
+
+def _adjoint(
+    model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, ckpt, truncate, seed
+) -> Hypergradient:
+    T, S = raw_lrs.numel(), data.shape[0]
+    k = default_checkpoint_every(T) if ckpt is None else int(ckpt)
+    if k < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {k}")
+    first = _first_step(truncate, T)
+    data, labels, raw = data.detach(), labels.detach(), raw_lrs.detach()
+    lrs = F.softplus(raw)
+
+    def step(t: int, w: Tensor) -> Tensor:
+        s = t % S
+        with torch.enable_grad(), _step_rng(seed, t, w.device):
+            g = _inner_grad(model, w.requires_grad_(), data[s], labels[s], kind, False)
+        return ops.inner_update(w.detach(), g, raw[t])
+
+    # Forward: weights at segment starts; the last segment's weights stay, no recompute.
+    checkpoints: dict[int, Tensor] = {}
+    tail: list[Tensor] = []
+    last_start = ((T - 1) // k) * k
+    w = w0.detach()
+    for t in range(T):
+        if t >= last_start:
+            tail.append(w)
+        elif t % k == 0:
+            checkpoints[t] = w
+        w = step(t, w)
+    w_final = w
+
+    with torch.enable_grad():
+        w_T = w_final.clone().requires_grad_()
+        per_net = _outer(model, w_T, real_x, real_y, kind == "binary")
+        (v,) = torch.autograd.grad(per_net.mean(), w_T)
+
+    grad_data = torch.zeros_like(data)
+    grad_labels = torch.zeros_like(labels) if learn_labels else None
+    grad_raw = torch.zeros_like(raw)
+    for seg_start in range(last_start, -1, -k):
+        if seg_start + k <= first:
+            break  # everything earlier is cut off by truncation
+        if seg_start == last_start:
+            weights = tail
+        else:  # recompute this segment's weights from its checkpoint
+            weights = [checkpoints[seg_start]]
+            for t in range(seg_start, seg_start + k - 1):
+                weights.append(step(t, weights[-1]))
+        for i in range(len(weights) - 1, -1, -1):
+            t = seg_start + i
+            if t < first:
+                break
+            s = t % S
+            with torch.enable_grad(), _step_rng(seed, t, w0.device):
+                w_t = weights[i].detach().requires_grad_()
+                x = data[s].clone().requires_grad_()
+                y = labels[s].clone().requires_grad_(learn_labels)
+                g = _inner_grad(model, w_t, x, y, kind, create_graph=True)
+                inputs = (w_t, x, y) if learn_labels else (w_t, x)
+                hv, *rest = torch.autograd.grad(g, inputs, grad_outputs=v)
+            v, dlr = ops.adjoint_update(v, hv, g.detach(), raw[t])
+            grad_raw[t] = dlr * torch.sigmoid(raw[t])
+            grad_data[s].add_(rest[0], alpha=-float(lrs[t]))
+            if grad_labels is not None:
+                grad_labels[s].add_(rest[1], alpha=-float(lrs[t]))
+    return Hypergradient(
+        outer_loss=per_net.detach(),
+        grad_data=grad_data,
+        grad_labels=grad_labels,
+        grad_raw_lrs=grad_raw,
+        final_weights=w_final,
+    )

@@ -1,0 +1,347 @@
+"""The outer loop: Adam over distilled data, labels and step sizes (SPEC §3).
+
+One iteration: draw a real batch, draw the nets' initial weights (the fixed init, or fresh
+ones), compute the exact hypergradient with the chosen engine, step Adam; at the end of every
+pass over the real data, step the learning-rate schedule (after the optimiser, unlike the
+original code). A non-finite loss or gradient stops the run with a clear error and leaves the
+last good state in place. ``state_dict``/``save_checkpoint`` capture everything needed to
+resume exactly: tensors, optimiser moments, schedule, RNG states and the data position.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastdistill.config import DistillConfig
+from fastdistill.data import ImageData, RealBatchSampler, load_image_dataset
+from fastdistill.distilled import DistilledSet, atomic_save_safetensors, load_safetensors
+from fastdistill.engine.functional import FlatModel
+from fastdistill.engine.hypergrad import hypergradient
+from fastdistill.engine.init import sample_weights
+from fastdistill.evaluate import Accuracy, evaluate_distilled
+from fastdistill.models import build_model
+
+CHECKPOINT_FORMAT = "fastdistill.checkpoint/1"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class NonFiniteLossError(RuntimeError):
+    """The outer loss or a hypergradient became NaN/inf; the last good state is kept."""
+
+
+class Distiller:
+    """Learns a :class:`DistilledSet` for a model and a real dataset.
+
+    Example::
+
+        d = Distiller(get_preset("digits-lenet-fixed-10").config)
+        d.fit()
+        print(d.evaluate())
+    """
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        data: ImageData | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        data_root: str | Path | None = None,
+        download: bool = False,
+    ) -> None:
+        self.config = c = config
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[c.dtype]
+        if data is None:
+            data = load_image_dataset(
+                c.dataset, data_root, download=download, image_size=c.image_size
+            )
+        self.data = data.to(self.device)
+        self.train_x = self.data.train_x.to(self.dtype)
+        self.test_x = self.data.test_x.to(self.dtype)
+        self.binary = False  # image tasks are multi-class; text binary tasks set this
+        size = self.data.image_size[0]
+        module = build_model(
+            c.model,
+            in_channels=self.data.in_channels,
+            num_outputs=1 if self.binary else self.data.num_classes,
+            image_size=size,
+            **c.model_kwargs,
+        )
+        self.model = FlatModel(module.to(self.device, self.dtype))
+
+        # One generator for everything drawn on the host side (data, labels, batches), one on
+        # the device for initial weights: both are checkpointed.
+        self.generator = torch.Generator().manual_seed(c.seed)
+        self.init_generator = torch.Generator(device=self.device).manual_seed(c.seed + 1)
+        self.distilled = DistilledSet.initialize(
+            num_classes=self.data.num_classes,
+            sample_shape=tuple(self.train_x.shape[1:]),
+            steps=c.steps,
+            epochs=c.epochs,
+            images_per_class=c.images_per_class,
+            classes_per_step=c.classes_per_step,
+            learn_labels=c.label_mode == "soft",
+            label_init=c.label_init,
+            softmax_targets=c.softmax_targets,
+            binary=self.binary,
+            distill_lr=c.distill_lr,
+            generator=self.generator,
+            dtype=self.dtype,
+            meta=self._meta(),
+        ).to(self.device)
+        if c.init == "fixed":
+            self.distilled.init_weights = sample_weights(
+                self.model,
+                1,
+                scheme=c.init_scheme,
+                gain=c.init_gain,
+                generator=self.init_generator,
+                dtype=self.dtype,
+            )[0]
+        self.params = [t.requires_grad_() for t in self.distilled.learnable()]
+        self.optimizer = torch.optim.Adam(self.params, lr=c.lr, betas=c.betas)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=c.decay_epochs, gamma=c.decay_factor
+        )
+        self.sampler = RealBatchSampler(
+            self.train_x.shape[0], c.real_batch_size, torch.Generator().manual_seed(c.seed + 3)
+        )
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+        self.wall_time = 0.0
+
+    def _meta(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "model": {"name": c.model, "kwargs": c.model_kwargs},
+            "dataset": {
+                "name": self.data.name,
+                "num_classes": self.data.num_classes,
+                "class_names": list(self.data.class_names),
+                "mean": list(self.data.mean),
+                "std": list(self.data.std),
+                "image_size": list(self.data.image_size),
+                "in_channels": self.data.in_channels,
+            },
+            "init": {"kind": c.init, "scheme": c.init_scheme, "gain": c.init_gain},
+            "config": c.to_dict(),
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+    @property
+    def total_iterations(self) -> int:
+        c = self.config
+        if c.iterations is not None:
+            return c.iterations
+        return c.outer_epochs * self.sampler.batches_per_epoch
+
+    def sample_init(self) -> Tensor:
+        """``[B, P]`` initial weights for this iteration's nets."""
+        c, d = self.config, self.distilled
+        if c.init == "fixed":
+            return d.init_weights.unsqueeze(0).expand(c.nets_per_iteration, -1)
+        return sample_weights(
+            self.model,
+            c.nets_per_iteration,
+            scheme=c.init_scheme,
+            gain=c.init_gain,
+            generator=self.init_generator,
+            dtype=self.dtype,
+        )
+
+    def step(self) -> dict[str, float]:
+        """One outer iteration; returns its statistics."""
+        c, d = self.config, self.distilled
+        idx, epoch_ended = self.sampler.next_indices()
+        idx = idx.to(self.device)
+        w0 = self.sample_init()
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        hg = hypergradient(
+            self.model,
+            w0,
+            d.data,
+            d.labels,
+            d.raw_lrs,
+            self.train_x[idx],
+            self.data.train_y[idx],
+            label_kind=d.label_kind,
+            learn_labels=d.learn_labels,
+            engine=c.engine,
+            checkpoint_every=c.checkpoint_every,
+            rng_seed=seed,
+        )
+        loss = float(hg.outer_loss.mean())
+        grads = [hg.grad_data, hg.grad_raw_lrs] + ([hg.grad_labels] if d.learn_labels else [])
+        if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
+            raise NonFiniteLossError(
+                f"non-finite outer loss ({loss}) or hypergradient at iteration {self.iteration}; "
+                "the distilled set keeps its last good values (lower lr or distill_lr)"
+            )
+        for p, g in zip(self.params, grads):
+            p.grad = g.to(p.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if epoch_ended:
+            self.scheduler.step()
+        self.iteration += 1
+        stats = {
+            "iteration": self.iteration,
+            "outer_loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
+        return stats
+
+    def fit(
+        self,
+        iterations: int | None = None,
+        *,
+        progress: bool = True,
+        log_every: int = 50,
+        callback: Callable[[Distiller, dict[str, float]], None] | None = None,
+        checkpoint_path: str | Path | None = None,
+        checkpoint_every: int = 500,
+    ) -> DistilledSet:
+        """Run until ``iterations`` (default: the configuration's total) have been done.
+
+        With ``checkpoint_path``, an atomic checkpoint is written every ``checkpoint_every``
+        iterations, at the end, and when the run stops on an error or Ctrl-C.
+        """
+        target = self.total_iterations if iterations is None else iterations
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=target, initial=self.iteration, desc="distill", unit="it")
+        running = None
+        try:
+            while self.iteration < target:
+                t0 = time.perf_counter()
+                stats = self.step()
+                self.wall_time += time.perf_counter() - t0
+                running = (
+                    stats["outer_loss"]
+                    if running is None
+                    else (0.95 * running + 0.05 * stats["outer_loss"])
+                )
+                if self.iteration % log_every == 0 or self.iteration == target:
+                    self.history.append(
+                        {**stats, "smoothed_loss": running, "wall_time": self.wall_time}
+                    )
+                if bar is not None:
+                    bar.update(1)
+                    if self.iteration % 10 == 0:
+                        bar.set_postfix(loss=f"{running:.4f}", lr=f"{stats['lr']:.2g}")
+                if callback is not None:
+                    callback(self, stats)
+                if checkpoint_path and self.iteration % checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_path)
+        except BaseException:
+            if checkpoint_path:
+                self.save_checkpoint(checkpoint_path)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if checkpoint_path:
+            self.save_checkpoint(checkpoint_path)
+        return self.distilled
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, n_nets: int | None = None, seed: int | None = None) -> Accuracy:
+        """Test accuracy of the distilled set under this run's init distribution (SPEC §4)."""
+        c = self.config
+        gen = torch.Generator(device=self.device).manual_seed(c.seed + 2 if seed is None else seed)
+        with torch.no_grad():
+            d = self.distilled.to(self.device)
+        return evaluate_distilled(
+            d,
+            self.model,
+            self.test_x,
+            self.data.test_y,
+            init=c.init,
+            n_nets=c.eval_nets if n_nets is None else n_nets,
+            scheme=c.init_scheme,
+            gain=c.init_gain,
+            generator=gen,
+        )
+
+    # -- exact resume ---------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Tensors and JSON-able state that together resume the run exactly."""
+        d = self.distilled
+        tensors: dict[str, Tensor] = {
+            "data": d.data,
+            "labels": d.labels,
+            "raw_lrs": d.raw_lrs,
+            "rng.host": self.generator.get_state(),
+            "rng.init": self.init_generator.get_state(),
+        }
+        if d.init_weights is not None:
+            tensors["init_weights"] = d.init_weights
+        opt = self.optimizer.state_dict()
+        for i, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        sampler_state = self.sampler.state_dict()
+        json_sampler = {}
+        for k, v in sampler_state.items():
+            if torch.is_tensor(v):
+                tensors[f"sampler.{k}"] = v
+            else:
+                json_sampler[k] = v
+        state = {
+            "iteration": self.iteration,
+            "wall_time": self.wall_time,
+            "history": self.history,
+            "config": self.config.to_dict(),
+            "param_groups": opt["param_groups"],
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": json_sampler,
+        }
+        return tensors, state
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        tensors, state = self.state_dict()
+        meta = {"format": CHECKPOINT_FORMAT, "state": json.dumps(state)}
+        atomic_save_safetensors(tensors, Path(path), meta)
+        return Path(path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by a run of the same configuration."""
+        tensors, meta = load_safetensors(path, "cpu")
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a fastdistill checkpoint")
+        state = json.loads(meta["state"])
+        if state["config"] != json.loads(json.dumps(self.config.to_dict())):
+            raise ValueError(f"{path} was written by a run with another configuration")
+        d = self.distilled
+        with torch.no_grad():
+            for name in ("data", "labels", "raw_lrs"):
+                getattr(d, name).copy_(tensors[name])
+            if d.init_weights is not None:
+                d.init_weights.copy_(tensors["init_weights"])
+        self.generator.set_state(tensors["rng.host"])
+        self.init_generator.set_state(tensors["rng.init"])
+        opt_state: dict[int, dict[str, Any]] = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, i, k = key.split(".", 2)
+                opt_state.setdefault(int(i), {})[k] = v
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+        self.scheduler.load_state_dict(state["scheduler"])
+        sampler_state = dict(state["sampler"])
+        sampler_state.update(
+            {k[len("sampler.") :]: v for k, v in tensors.items() if k.startswith("sampler.")}
+        )
+        self.sampler.load_state_dict(sampler_state)
+        self.iteration = state["iteration"]
+        self.wall_time = state["wall_time"]
+        self.history = state["history"]

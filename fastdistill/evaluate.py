@@ -1,0 +1,183 @@
+"""Evaluation: train nets on a distilled set by plain GD, measure test accuracy (SPEC §4).
+
+Nets are trained and tested as one batch (``[B, P]`` weights), chunked to bound memory, so
+evaluating 200 random-init nets costs a few batched passes, not 200 Python loops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fastdistill.distilled import DistilledSet
+from fastdistill.engine.functional import FlatModel
+from fastdistill.engine.init import InitScheme, sample_weights
+from fastdistill.engine.losses import inner_loss, predictions
+
+
+@dataclass
+class Accuracy:
+    """Accuracies of ``n_nets`` nets, with mean and unbiased standard deviation."""
+
+    accuracies: Tensor
+
+    @property
+    def n_nets(self) -> int:
+        return self.accuracies.numel()
+
+    @property
+    def mean(self) -> float:
+        return float(self.accuracies.double().mean())
+
+    @property
+    def std(self) -> float:
+        return float(self.accuracies.double().std(unbiased=True)) if self.n_nets > 1 else 0.0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "std": self.std, "n_nets": self.n_nets}
+
+    def __str__(self) -> str:
+        if self.n_nets == 1:
+            return f"{100 * self.mean:.2f}%"
+        return f"{100 * self.mean:.2f} +- {100 * self.std:.2f}% over {self.n_nets} nets"
+
+
+def train_on_distilled(model: FlatModel, w0: Tensor, distilled: DistilledSet) -> Tensor:
+    """``T`` plain GD steps with the learned data, labels and step sizes; returns ``w_T``."""
+    d = distilled
+    lrs = d.lrs.to(w0)
+    w = w0.detach()
+    for t in range(d.total_steps):
+        s = t % d.steps
+        with torch.enable_grad():
+            w = w.requires_grad_()
+            loss = inner_loss(
+                model.forward(w, d.data[s].detach(), train=True), d.labels[s].detach(), d.label_kind
+            ).sum()
+            (g,) = torch.autograd.grad(loss, w)
+        w = (w - lrs[t] * g).detach()
+    return w
+
+
+@torch.no_grad()
+def accuracy(
+    model: FlatModel,
+    w: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    binary: bool = False,
+    batch_size: int = 2048,
+) -> Tensor:
+    """Test accuracy ``[B]`` of each of the B nets in ``w`` on all of ``(x, y)``."""
+    if x.shape[0] == 0:
+        raise ValueError("empty test set")
+    correct = torch.zeros(w.shape[0], dtype=torch.long, device=w.device)
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i : i + batch_size].to(w.device, w.dtype)
+        yb = y[i : i + batch_size].to(w.device)
+        pred = predictions(model.forward(w, xb, train=False), binary)
+        correct += (pred == yb).sum(-1)
+    return correct.double() / x.shape[0]
+
+
+def evaluate_distilled(
+    distilled: DistilledSet,
+    model: FlatModel,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    init: str = "fixed",
+    n_nets: int = 200,
+    init_weights: Tensor | None = None,
+    scheme: InitScheme = "xavier",
+    gain: float = 1.0,
+    generator: torch.Generator | None = None,
+    chunk: int = 50,
+    batch_size: int = 2048,
+) -> Accuracy:
+    """Accuracy of nets trained on ``distilled``.
+
+    ``init="fixed"`` trains the single fixed-init net (``init_weights``, default the set's own);
+    ``init="random"`` trains ``n_nets`` fresh nets drawn from ``scheme``. Another architecture
+    than the one distilled with (cross-architecture evaluation) needs ``init="random"`` or its
+    own ``init_weights``.
+    """
+    device = distilled.data.device
+    binary = distilled.label_kind == "binary"
+    if init == "fixed":
+        w0 = init_weights if init_weights is not None else distilled.init_weights
+        if w0 is None:
+            raise ValueError("fixed-init evaluation needs init weights; this set has none")
+        w0 = w0.reshape(-1, model.num_params).to(device, distilled.data.dtype)
+        return Accuracy(
+            accuracy(
+                model,
+                train_on_distilled(model, w0, distilled),
+                test_x,
+                test_y,
+                binary=binary,
+                batch_size=batch_size,
+            )
+        )
+    if init != "random":
+        raise ValueError(f"init must be 'fixed' or 'random', got {init!r}")
+    accs = []
+    for start in range(0, n_nets, chunk):
+        b = min(chunk, n_nets - start)
+        w0 = sample_weights(
+            model, b, scheme=scheme, gain=gain, generator=generator, dtype=distilled.data.dtype
+        ).to(device)
+        w = train_on_distilled(model, w0, distilled)
+        accs.append(accuracy(model, w, test_x, test_y, binary=binary, batch_size=batch_size))
+    return Accuracy(torch.cat(accs))
+
+
+def train_full_data(
+    module: nn.Module,
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    *,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    binary: bool = False,
+    scheme: InitScheme = "xavier",
+) -> float:
+    """Test accuracy of the model trained on the whole training set (Adam), for ``r_M``."""
+    device = train_x.device
+    model = FlatModel(module)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    w = sample_weights(model, 1, scheme=scheme, generator=gen, dtype=train_x.dtype)
+    w = w.to(device).requires_grad_()
+    opt = torch.optim.Adam([w], lr=lr)
+    n = train_x.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen, device=device)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            logits = model.forward(w, train_x[idx], train=True)
+            if binary:
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    logits[0].squeeze(-1), train_y[idx].to(logits.dtype)
+                )
+            else:
+                loss = nn.functional.cross_entropy(logits[0], train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    acc = accuracy(model, w.detach(), test_x, test_y, binary=binary)
+    return float(acc[0])
+
+
+def distillation_ratio(distilled_accuracy: float, full_accuracy: float) -> float:
+    """``r_M = 100 * distilled / full`` (SPEC §4)."""
+    if full_accuracy <= 0 or math.isnan(full_accuracy):
+        raise ValueError(f"full-data accuracy must be positive, got {full_accuracy}")
+    return 100.0 * distilled_accuracy / full_accuracy

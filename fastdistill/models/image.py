@@ -1,0 +1,134 @@
+"""Image classifiers used by the paper (LeNet, AlexCifarNet) and by later distillation work.
+
+Layers are plain ``torch.nn`` modules with no in-place ops and no running statistics, so the
+engine can run them under ``torch.func.functional_call``/``vmap`` and differentiate twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+
+def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as in SPEC §7: 61,706 parameters for 1x28x28 inputs and 10 classes.
+
+    The first conv pads by 2 at 28 px (and by 0 at 32 px), so the flattened features are always
+    16x5x5 at those sizes; other sizes are accepted and the classifier adapts.
+    """
+
+    def __init__(self, in_channels: int = 1, num_outputs: int = 10, image_size: int = 28) -> None:
+        super().__init__()
+        pad = 2 if image_size == 28 else 0
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=pad)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        side = _conv_out(_conv_out(image_size, 5, padding=pad) // 2, 5) // 2
+        if side < 1:
+            raise ValueError(f"LeNet needs images of at least 12x12 pixels, got {image_size}")
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_outputs)
+        self.pool = nn.MaxPool2d(2)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # relu(maxpool(z)) == maxpool(relu(z)) (max commutes with a monotone map), values and
+        # gradients alike; pooling first runs the ReLU on a quarter of the elements.
+        x = self.act(self.pool(self.conv1(x)))
+        x = self.act(self.pool(self.conv2(x)))
+        x = x.flatten(1)
+        x = self.act(self.fc1(x))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
+class AlexCifarNet(nn.Module):
+    """The small AlexNet of the CIFAR-10 experiments (SPEC §7), with local response norm."""
+
+    def __init__(self, in_channels: int = 3, num_outputs: int = 10, image_size: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            nn.LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1.0),
+            nn.Conv2d(64, 64, 5, padding=2),
+            nn.ReLU(),
+            nn.LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1.0),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        side = _conv_out(_conv_out(image_size, 3, 2, 1), 3, 2, 1)
+        self.classifier = nn.Sequential(
+            nn.Linear(64 * side * side, 384),
+            nn.ReLU(),
+            nn.Linear(384, 192),
+            nn.ReLU(),
+            nn.Linear(192, num_outputs),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class ConvNet(nn.Module):
+    """The ConvNet of modern dataset-distillation work: ``depth`` blocks of conv3x3 -> instance
+    norm -> ReLU -> 2x2 average pool, then one linear layer.
+
+    Instance norm is ``GroupNorm(width, width)`` (one group per channel, affine), which has no
+    running statistics and therefore cannot leak state between the nets of a batch.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_outputs: int = 10,
+        image_size: int = 32,
+        width: int = 128,
+        depth: int = 3,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels, side = in_channels, image_size
+        for _ in range(depth):
+            layers += [
+                nn.Conv2d(channels, width, 3, padding=1),
+                nn.GroupNorm(width, width, affine=True),
+                nn.ReLU(),
+                nn.AvgPool2d(2),
+            ]
+            channels, side = width, side // 2
+        if side < 1:
+            raise ValueError(f"ConvNet of depth {depth} needs images of at least {2**depth} px")
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width * side * side, num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """A fully connected ReLU network on flattened images."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_outputs: int = 10,
+        image_size: int = 28,
+        hidden: tuple[int, ...] = (256, 256),
+    ) -> None:
+        super().__init__()
+        sizes = [in_channels * image_size * image_size, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in itertools.pairwise(sizes):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], num_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

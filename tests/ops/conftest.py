@@ -1,0 +1,34 @@
+"""Fixtures of the op tests (helpers and constants are in fd_op_utils.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import fastdistill.ops  # noqa: F401  (registers nothing by itself; the ops load lazily)
+from fastdistill import _extension
+
+
+@pytest.fixture(autouse=True)
+def _backend_auto():
+    """Every op test starts in auto backend mode, whatever FASTDISTILL_BACKEND says (the forced
+    modes are tested in subprocesses), and ends with the environment's mode."""
+    _extension.set_backend("auto")
+    yield
+    _extension.set_backend(None)
+
+
+@pytest.fixture(scope="session")
+def kernels():
+    """``torch.ops.fastdistill``; skips when the extension is deliberately absent, fails when
+    it should be there but does not load."""
+    if _extension.load():
+        return torch.ops.fastdistill
+    reason = _extension.backend_info()["reason"]
+    if os.environ.get("FASTDISTILL_DISABLE_EXTENSION") or os.environ.get(
+        "FASTDISTILL_NO_EXTENSION"
+    ):
+        pytest.skip(f"extension disabled: {reason}")
+    pytest.fail(f"fastdistill._C did not load: {reason}")

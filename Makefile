@@ -45,7 +45,7 @@ $(DEPS_STAMP): pyproject.toml | $(VPY)
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) setup.py $(CSRC)
-	$(VPY) -m pip install --no-build-isolation -e '.[test,dev]'
+	$(VPY) -m pip install --no-build-isolation -e '.[text,test,dev]'
 	$(VPY) -c "$(CHECK_PY)"
 	touch $@
 

@@ -62,6 +62,13 @@ TORCH_LIBRARY(fastdistill, m) {
   // One reverse-sweep (adjoint) step, fused:
   //   v_new = v - softplus(raw_lr) * hv,   dlr = -sum(g * v)   (d loss / d lr, lr = softplus(raw)).
   m.def("adjoint_update(Tensor v, Tensor hv, Tensor g, Tensor raw_lr) -> (Tensor, Tensor)");
+  // k nearest rows of `table` [V, D] for each query [N, D], best first (ties: lower index):
+  //   metric "euclidean" (distances, ascending), "cosine" (similarities, descending) or "inner"
+  //   (inner products, descending). table_norms: optional squared row norms (euclidean) or row
+  //   norms (cosine) of the table. values [N, k] (queries' dtype), indices [N, k] int64.
+  m.def(
+      "nearest_embedding(Tensor queries, Tensor table, int k, str metric, Tensor? table_norms) "
+      "-> (Tensor values, Tensor indices)");
   // Build configuration as a JSON string.
   m.def("build_info() -> str", &build_info);
 }

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "kernels", "reference")
-OPS = ("inner_update", "adjoint_update")
+OPS = ("inner_update", "adjoint_update", "nearest_embedding")
 _NAMESPACE = "fastdistill"
 
 

@@ -39,7 +39,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     from fastdistill import backend_info
     from fastdistill.engine.outer import Distiller
     from fastdistill.evaluate import distillation_ratio, train_full_data
-    from fastdistill.models import build_model
+    from fastdistill.models import build_model_for
 
     preset = get_preset(args.preset)
     overrides: dict[str, Any] = {}
@@ -107,20 +107,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         "history": distiller.history,
     }
     if config.full_data_epochs > 0:
-        data = distiller.data
-        module = build_model(
-            config.model,
-            in_channels=data.in_channels,
-            num_outputs=data.num_classes,
-            image_size=data.image_size[0],
-            **config.model_kwargs,
-        ).to(device, distiller.dtype)
+        module = build_model_for(config.model, distiller.data, **config.model_kwargs)
         full = train_full_data(
-            module,
-            distiller.train_x,
-            data.train_y,
-            distiller.test_x,
-            data.test_y,
+            module.to(device, distiller.dtype),
+            distiller.data,
             epochs=config.full_data_epochs,
             seed=config.seed,
             scheme=config.init_scheme,
@@ -134,11 +124,11 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from fastdistill.data import load_image_dataset
+    from fastdistill.data import reload_dataset
     from fastdistill.distilled import DistilledSet
     from fastdistill.engine.functional import FlatModel
     from fastdistill.evaluate import evaluate_distilled
-    from fastdistill.models import build_model
+    from fastdistill.models import build_model_for
 
     device = _device(args.device)
     path = Path(args.path)
@@ -146,28 +136,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         path = path / "distilled.safetensors"
     d = DistilledSet.load(path, device)
     meta = d.meta
-    ds = meta["dataset"]
+    data = reload_dataset(meta["dataset"], args.data_root).to(device)
     model_name = args.model or meta["model"]["name"]
     kwargs = meta["model"]["kwargs"] if args.model is None else {}
-    data = load_image_dataset(ds["name"], args.data_root, image_size=ds["image_size"][0]).to(device)
-    module = build_model(
-        model_name,
-        in_channels=ds["in_channels"],
-        num_outputs=ds["num_classes"],
-        image_size=ds["image_size"][0],
-        **kwargs,
-    ).to(device, d.data.dtype)
+    module = build_model_for(model_name, data, **kwargs).to(device, d.data.dtype)
+    # another architecture has no fixed init of its own: evaluate it over random inits
     init = args.init or (meta["init"]["kind"] if args.model is None else "random")
     gen = torch.Generator(device=device).manual_seed(args.seed)
     acc = evaluate_distilled(
         d,
         FlatModel(module),
-        data.test_x.to(d.data.dtype),
+        data.test_x,
         data.test_y,
         init=init,
         n_nets=args.nets,
         generator=gen,
         scheme=meta["init"]["scheme"],
+        transform=data.model_inputs,
     )
     print(json.dumps({"model": model_name, "init": init, "test_accuracy": acc.to_dict()}))
     return 0

@@ -237,5 +237,5 @@ def load_safetensors(
         raise FileNotFoundError(f"no such file: {path}")
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     return tensors, metadata

@@ -7,15 +7,17 @@ evaluating 200 random-init nets costs a few batched passes, not 200 Python loops
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from fastdistill.data.protocol import DistillData
 from fastdistill.distilled import DistilledSet
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.init import InitScheme, sample_weights
-from fastdistill.engine.losses import inner_loss, predictions
+from fastdistill.engine.losses import inner_loss, outer_loss, predictions
 
 
 @dataclass
@@ -71,13 +73,19 @@ def accuracy(
     *,
     binary: bool = False,
     batch_size: int = 2048,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Test accuracy ``[B]`` of each of the B nets in ``w`` on all of ``(x, y)``."""
+    """Test accuracy ``[B]`` of each of the B nets in ``w`` on all of ``(x, y)``.
+
+    ``transform`` maps a chunk of stored examples to model inputs (e.g. token ids ->
+    embeddings), so the whole test set is never expanded at once.
+    """
     if x.shape[0] == 0:
         raise ValueError("empty test set")
     correct = torch.zeros(w.shape[0], dtype=torch.long, device=w.device)
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i : i + batch_size].to(w.device, w.dtype)
+        xb = x[i : i + batch_size].to(w.device)
+        xb = (transform(xb) if transform is not None else xb).to(w.dtype)
         yb = y[i : i + batch_size].to(w.device)
         pred = predictions(model.forward(w, xb, train=False), binary)
         correct += (pred == yb).sum(-1)
@@ -98,6 +106,7 @@ def evaluate_distilled(
     generator: torch.Generator | None = None,
     chunk: int = 50,
     batch_size: int = 2048,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Accuracy:
     """Accuracy of nets trained on ``distilled``.
 
@@ -121,6 +130,7 @@ def evaluate_distilled(
                 test_y,
                 binary=binary,
                 batch_size=batch_size,
+                transform=transform,
             )
         )
     if init != "random":
@@ -132,47 +142,51 @@ def evaluate_distilled(
             model, b, scheme=scheme, gain=gain, generator=generator, dtype=distilled.data.dtype
         ).to(device)
         w = train_on_distilled(model, w0, distilled)
-        accs.append(accuracy(model, w, test_x, test_y, binary=binary, batch_size=batch_size))
+        accs.append(
+            accuracy(
+                model, w, test_x, test_y, binary=binary, batch_size=batch_size, transform=transform
+            )
+        )
     return Accuracy(torch.cat(accs))
 
 
 def train_full_data(
     module: nn.Module,
-    train_x: Tensor,
-    train_y: Tensor,
-    test_x: Tensor,
-    test_y: Tensor,
+    data: DistillData,
     *,
     epochs: int = 10,
     lr: float = 1e-3,
     batch_size: int = 128,
     seed: int = 0,
-    binary: bool = False,
     scheme: InitScheme = "xavier",
 ) -> float:
-    """Test accuracy of the model trained on the whole training set (Adam), for ``r_M``."""
-    device = train_x.device
+    """Test accuracy of ``module`` trained on all of ``data``'s training set with Adam: the
+    full-data accuracy in the distillation ratio ``r_M``. Init follows ``scheme``."""
+    device = data.train_x.device
+    dtype = next(module.parameters()).dtype
     model = FlatModel(module)
     gen = torch.Generator(device=device).manual_seed(seed)
-    w = sample_weights(model, 1, scheme=scheme, generator=gen, dtype=train_x.dtype)
+    w = sample_weights(model, 1, scheme=scheme, generator=gen, dtype=dtype)
     w = w.to(device).requires_grad_()
     opt = torch.optim.Adam([w], lr=lr)
-    n = train_x.shape[0]
+    n = data.train_x.shape[0]
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen, device=device)
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            logits = model.forward(w, train_x[idx], train=True)
-            if binary:
-                loss = nn.functional.binary_cross_entropy_with_logits(
-                    logits[0].squeeze(-1), train_y[idx].to(logits.dtype)
-                )
-            else:
-                loss = nn.functional.cross_entropy(logits[0], train_y[idx])
+            logits = model.forward(w, data.model_inputs(data.train_x[idx]).to(dtype), train=True)
+            loss = outer_loss(logits, data.train_y[idx], data.binary).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    acc = accuracy(model, w.detach(), test_x, test_y, binary=binary)
+    acc = accuracy(
+        model,
+        w.detach(),
+        data.test_x,
+        data.test_y,
+        binary=data.binary,
+        transform=data.model_inputs,
+    )
     return float(acc[0])
 
 

@@ -70,7 +70,5 @@ def test_full_data_training_learns_digits():
     from fastdistill.data import load_image_dataset
 
     data = load_image_dataset("digits")
-    acc = train_full_data(
-        MLP(1, 10, 8, hidden=(64,)), data.train_x, data.train_y, data.test_x, data.test_y, epochs=20
-    )
+    acc = train_full_data(MLP(1, 10, 8, hidden=(64,)), data, epochs=20)
     assert acc > 0.9

@@ -47,8 +47,10 @@ def test_per_net_inputs_and_bad_shapes():
 def test_unknown_model_and_too_small_images():
     with pytest.raises(ValueError, match="known models"):
         build_model("resnet", in_channels=1, num_outputs=2, image_size=28)
-    with pytest.raises(ValueError, match="at least 12x12"):
-        build_model("lenet", in_channels=1, num_outputs=2, image_size=8)
+    with pytest.raises(ValueError, match="at least 4x4"):
+        build_model("lenet", in_channels=1, num_outputs=2, image_size=3)
+    small = build_model("lenet", in_channels=1, num_outputs=10, image_size=8)
+    assert small(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
 
 def test_batchnorm_does_not_share_running_stats_across_nets():

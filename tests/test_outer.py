@@ -113,3 +113,22 @@ def test_distillation_learns_on_digits(digits):
     d.fit(progress=False)
     after = d.evaluate().mean
     assert after > 0.75 and after > before + 0.3, (before, after)
+
+
+def test_validation_split_keeps_the_best_set(digits, tmp_path):
+    cfg = tiny(validation=0.25, validate_every=2, iterations=6)
+    d = Distiller(cfg, digits)
+    assert d.val_x.shape[0] + d.data.train_x.shape[0] == digits.train_x.shape[0]
+    assert set(d.val_y.unique().tolist()) == set(range(10))  # stratified
+    d.fit(progress=False, checkpoint_path=tmp_path / "c.safetensors")
+    vals = [h["val_accuracy"] for h in d.history if "val_accuracy" in h]
+    assert len(vals) == 3 and d.best["val_accuracy"] == max(vals)
+    assert torch.equal(d.distilled.data, d.best_tensors["data"])
+    assert d.evaluate(split="validation").mean == d.best["val_accuracy"]
+    resumed = Distiller(cfg, digits)
+    resumed.load_checkpoint(tmp_path / "c.safetensors")
+    assert resumed.best == d.best and torch.equal(
+        resumed.best_tensors["data"], d.best_tensors["data"]
+    )
+    with pytest.raises(ValueError, match="no validation split"):
+        Distiller(tiny(), digits).evaluate(split="validation")

@@ -145,6 +145,38 @@ class ImageData:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
         return (x - mean) / std
 
+    # -- the interface the distillation engine uses (see fastdistill.data.protocol) ---------
+    @property
+    def binary(self) -> bool:
+        """Image tasks here are multi-class (one logit per class)."""
+        return False
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one model input, ``(C, H, W)``: the shape of each distilled sample."""
+        return tuple(self.train_x.shape[1:])
+
+    def model_inputs(self, x: Tensor) -> Tensor:
+        """Stored examples -> what the model consumes (images are stored ready to use)."""
+        return x
+
+    def model_kwargs(self) -> dict[str, int]:
+        """Keyword arguments that size a registered model for this data."""
+        return {"in_channels": self.in_channels, "image_size": self.image_size[0]}
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description stored with distilled sets (enough to reload the data)."""
+        return {
+            "kind": "image",
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "image_size": list(self.image_size),
+            "in_channels": self.in_channels,
+        }
+
     def to(self, device: torch.device | str) -> ImageData:
         """Return a copy with all four tensors on ``device`` (self is returned if already there)."""
         device = torch.device(device)

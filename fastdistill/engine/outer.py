@@ -21,13 +21,15 @@ import torch
 from torch import Tensor
 
 from fastdistill.config import DistillConfig
-from fastdistill.data import ImageData, RealBatchSampler, load_image_dataset
+from fastdistill.data import RealBatchSampler, load_dataset
+from fastdistill.data.protocol import DistillData
+from fastdistill.data.split import split_validation
 from fastdistill.distilled import DistilledSet, atomic_save_safetensors, load_safetensors
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.hypergrad import hypergradient
 from fastdistill.engine.init import sample_weights
 from fastdistill.evaluate import Accuracy, evaluate_distilled
-from fastdistill.models import build_model
+from fastdistill.models import build_model_for
 
 CHECKPOINT_FORMAT = "fastdistill.checkpoint/1"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -50,7 +52,7 @@ class Distiller:
     def __init__(
         self,
         config: DistillConfig,
-        data: ImageData | None = None,
+        data: DistillData | None = None,
         *,
         device: str | torch.device = "cpu",
         data_root: str | Path | None = None,
@@ -60,21 +62,13 @@ class Distiller:
         self.device = torch.device(device)
         self.dtype = _DTYPES[c.dtype]
         if data is None:
-            data = load_image_dataset(
-                c.dataset, data_root, download=download, image_size=c.image_size
-            )
+            data = load_dataset(c.dataset, data_root, download=download, **c.data_kwargs())
         self.data = data.to(self.device)
-        self.train_x = self.data.train_x.to(self.dtype)
-        self.test_x = self.data.test_x.to(self.dtype)
-        self.binary = False  # image tasks are multi-class; text binary tasks set this
-        size = self.data.image_size[0]
-        module = build_model(
-            c.model,
-            in_channels=self.data.in_channels,
-            num_outputs=1 if self.binary else self.data.num_classes,
-            image_size=size,
-            **c.model_kwargs,
-        )
+        self.val_x = self.val_y = None
+        if c.validation > 0:
+            self.data, self.val_x, self.val_y = split_validation(self.data, c.validation, c.seed)
+        self.binary = self.data.binary
+        module = build_model_for(c.model, self.data, **c.model_kwargs)
         self.model = FlatModel(module.to(self.device, self.dtype))
 
         # One generator for everything drawn on the host side (data, labels, batches), one on
@@ -83,7 +77,7 @@ class Distiller:
         self.init_generator = torch.Generator(device=self.device).manual_seed(c.seed + 1)
         self.distilled = DistilledSet.initialize(
             num_classes=self.data.num_classes,
-            sample_shape=tuple(self.train_x.shape[1:]),
+            sample_shape=tuple(self.data.sample_shape),
             steps=c.steps,
             epochs=c.epochs,
             images_per_class=c.images_per_class,
@@ -112,28 +106,27 @@ class Distiller:
             self.optimizer, step_size=c.decay_epochs, gamma=c.decay_factor
         )
         self.sampler = RealBatchSampler(
-            self.train_x.shape[0], c.real_batch_size, torch.Generator().manual_seed(c.seed + 3)
+            self.data.train_x.shape[0], c.real_batch_size, torch.Generator().manual_seed(c.seed + 3)
         )
         self.iteration = 0
         self.history: list[dict[str, float]] = []
         self.wall_time = 0.0
+        # Best set by validation accuracy (when config.validation > 0), restored by fit().
+        self.best: dict[str, Any] | None = None
+        self.best_tensors: dict[str, Tensor] = {}
 
     def _meta(self) -> dict[str, Any]:
         c = self.config
         return {
             "model": {"name": c.model, "kwargs": c.model_kwargs},
-            "dataset": {
-                "name": self.data.name,
-                "num_classes": self.data.num_classes,
-                "class_names": list(self.data.class_names),
-                "mean": list(self.data.mean),
-                "std": list(self.data.std),
-                "image_size": list(self.data.image_size),
-                "in_channels": self.data.in_channels,
-            },
+            "dataset": self.data.describe(),
             "init": {"kind": c.init, "scheme": c.init_scheme, "gain": c.init_gain},
             "config": c.to_dict(),
         }
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """Stored examples -> model inputs in the run's dtype (e.g. text ids -> embeddings)."""
+        return self.data.model_inputs(x).to(self.dtype)
 
     # -- the loop -------------------------------------------------------------------------------
     @property
@@ -170,7 +163,7 @@ class Distiller:
             d.data,
             d.labels,
             d.raw_lrs,
-            self.train_x[idx],
+            self.inputs(self.data.train_x[idx]),
             self.data.train_y[idx],
             label_kind=d.label_kind,
             learn_labels=d.learn_labels,
@@ -241,6 +234,10 @@ class Distiller:
                         bar.set_postfix(loss=f"{running:.4f}", lr=f"{stats['lr']:.2g}")
                 if callback is not None:
                     callback(self, stats)
+                if self.val_x is not None and (
+                    self.iteration % self.config.validate_every == 0 or self.iteration == target
+                ):
+                    self._validate()
                 if checkpoint_path and self.iteration % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
         except BaseException:
@@ -250,13 +247,45 @@ class Distiller:
         finally:
             if bar is not None:
                 bar.close()
+        if self.best is not None and self.iteration >= self.total_iterations:
+            self.restore_best()
         if checkpoint_path:
             self.save_checkpoint(checkpoint_path)
         return self.distilled
 
+    # -- validation: keep the best set (model selection without touching the test set) --------
+    def _validate(self) -> float:
+        acc = self.evaluate(n_nets=min(self.config.eval_nets, 20), split="validation").mean
+        self.history.append({"iteration": self.iteration, "val_accuracy": acc})
+        if self.best is None or acc > self.best["val_accuracy"]:
+            self.best = {"iteration": self.iteration, "val_accuracy": acc}
+            d = self.distilled
+            self.best_tensors = {
+                "data": d.data.detach().clone(),
+                "labels": d.labels.detach().clone(),
+                "raw_lrs": d.raw_lrs.detach().clone(),
+            }
+        return acc
+
+    def restore_best(self) -> None:
+        """Put the best validated data, labels and step sizes into the distilled set."""
+        if not self.best_tensors:
+            raise RuntimeError("no validated set to restore (config.validation is 0?)")
+        with torch.no_grad():
+            for name, t in self.best_tensors.items():
+                getattr(self.distilled, name).copy_(t)
+
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, n_nets: int | None = None, seed: int | None = None) -> Accuracy:
-        """Test accuracy of the distilled set under this run's init distribution (SPEC §4)."""
+    def evaluate(
+        self, n_nets: int | None = None, seed: int | None = None, split: str = "test"
+    ) -> Accuracy:
+        """Accuracy of the distilled set under this run's init distribution (SPEC §4), on the
+        full test set or (``split="validation"``) on the held-out part of the training set."""
+        if split not in ("test", "validation"):
+            raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+        if split == "validation" and self.val_x is None:
+            raise ValueError("no validation split: set config.validation > 0")
+        x, y = (self.data.test_x, self.data.test_y) if split == "test" else (self.val_x, self.val_y)
         c = self.config
         gen = torch.Generator(device=self.device).manual_seed(c.seed + 2 if seed is None else seed)
         with torch.no_grad():
@@ -264,8 +293,9 @@ class Distiller:
         return evaluate_distilled(
             d,
             self.model,
-            self.test_x,
-            self.data.test_y,
+            x,
+            y,
+            transform=self.inputs,
             init=c.init,
             n_nets=c.eval_nets if n_nets is None else n_nets,
             scheme=c.init_scheme,
@@ -286,6 +316,7 @@ class Distiller:
         }
         if d.init_weights is not None:
             tensors["init_weights"] = d.init_weights
+        tensors.update({f"best.{k}": v for k, v in self.best_tensors.items()})
         opt = self.optimizer.state_dict()
         for i, st in opt["state"].items():
             for k, v in st.items():
@@ -305,6 +336,7 @@ class Distiller:
             "param_groups": opt["param_groups"],
             "scheduler": self.scheduler.state_dict(),
             "sampler": json_sampler,
+            "best": self.best,
         }
         return tensors, state
 
@@ -342,6 +374,12 @@ class Distiller:
             {k[len("sampler.") :]: v for k, v in tensors.items() if k.startswith("sampler.")}
         )
         self.sampler.load_state_dict(sampler_state)
+        self.best = state.get("best")
+        self.best_tensors = {
+            k[len("best.") :]: v.to(self.device)
+            for k, v in tensors.items()
+            if k.startswith("best.")
+        }
         self.iteration = state["iteration"]
         self.wall_time = state["wall_time"]
         self.history = state["history"]

@@ -19,18 +19,21 @@ def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
 class LeNet(nn.Module):
     """LeNet-5 as in SPEC §7: 61,706 parameters for 1x28x28 inputs and 10 classes.
 
-    The first conv pads by 2 at 28 px (and by 0 at 32 px), so the flattened features are always
-    16x5x5 at those sizes; other sizes are accepted and the classifier adapts.
+    The first conv pads by 2 (by 0 at 32 px, as the original), so the flattened features are
+    16x5x5 at 28 and 32 px. Small images (e.g. 8x8 digits) also pad the second conv, so LeNet
+    runs on them natively instead of on upscaled copies.
     """
 
     def __init__(self, in_channels: int = 1, num_outputs: int = 10, image_size: int = 28) -> None:
         super().__init__()
-        pad = 2 if image_size == 28 else 0
-        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=pad)
-        self.conv2 = nn.Conv2d(6, 16, 5)
-        side = _conv_out(_conv_out(image_size, 5, padding=pad) // 2, 5) // 2
+        pad1 = 0 if image_size == 32 else 2
+        side = _conv_out(image_size, 5, padding=pad1) // 2
+        pad2 = 2 if side < 8 else 0
+        side = _conv_out(side, 5, padding=pad2) // 2
         if side < 1:
-            raise ValueError(f"LeNet needs images of at least 12x12 pixels, got {image_size}")
+            raise ValueError(f"LeNet needs images of at least 4x4 pixels, got {image_size}")
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=pad1)
+        self.conv2 = nn.Conv2d(6, 16, 5, padding=pad2)
         self.fc1 = nn.Linear(16 * side * side, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_outputs)

@@ -23,14 +23,17 @@ from fastdistill._extension import (
     use_kernels,
 )
 from fastdistill.ops import reference
+from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
 
 __all__ = [
     "BackendChoice",
     "adjoint_update",
     "backend_info",
+    "embedding_table_norms",
     "get_backend",
     "inner_update",
     "last_backend",
+    "nearest_embedding",
     "reference",
     "set_backend",
     "use_kernels",

@@ -74,6 +74,40 @@ def _adjoint_update_backward(ctx, grad_v_new, grad_dlr):
     )
 
 
+# ------------------------------------------------------------------------ nearest_embedding
+def _nearest_embedding_fake(
+    queries: Tensor, table: Tensor, k: int, metric: str, table_norms: Tensor | None
+):
+    op = "fastdistill::nearest_embedding"
+    torch._check(queries.dim() == 2, lambda: f"{op}: `queries` must be a 2-D tensor [N, D]")
+    torch._check(table.dim() == 2, lambda: f"{op}: `table` must be a 2-D tensor [V, D]")
+    torch._check(
+        table.shape[1] == queries.shape[1],
+        lambda: f"{op}: `table` must have as many columns as `queries`",
+    )
+    torch._check(
+        1 <= k <= table.shape[0],
+        lambda: f"{op}: k = {k} is out of range: need 1 <= k <= V = {table.shape[0]}",
+    )
+    n = queries.shape[0]
+    values = queries.new_empty((n, k))
+    indices = torch.empty((n, k), dtype=torch.int64, device=queries.device)
+    return values, indices
+
+
+def _nearest_embedding_setup_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _nearest_embedding_backward(ctx, grad_values, grad_indices):
+    raise RuntimeError(
+        "fastdistill.ops.nearest_embedding is not differentiable: it selects table rows (the "
+        "indices have no gradient). Call it on detached tensors or under torch.no_grad(); to "
+        "differentiate a distance, recompute it from the returned indices, e.g. "
+        "(queries - table[indices[:, 0]]).norm(dim=1)."
+    )
+
+
 def register_all() -> None:
     """Register fake kernels, autograd formulas and vmap rules (idempotent)."""
     global _done
@@ -91,6 +125,12 @@ def register_all() -> None:
         "fastdistill::adjoint_update",
         _adjoint_update_backward,
         setup_context=_adjoint_update_setup_context,
+    )
+    lib.register_fake("fastdistill::nearest_embedding")(_nearest_embedding_fake)
+    lib.register_autograd(
+        "fastdistill::nearest_embedding",
+        _nearest_embedding_backward,
+        setup_context=_nearest_embedding_setup_context,
     )
     if hasattr(lib, "register_vmap"):  # torch >= 2.5
         lib.register_vmap("fastdistill::inner_update")(_inner_update_vmap)

@@ -11,8 +11,15 @@ import torch
 from torch import Tensor
 
 from fastdistill.ops.reference._checks import check_adjoint_update, check_inner_update
+from fastdistill.ops.reference.nearest_embedding import embedding_table_norms, nearest_embedding
 
-__all__ = ["adjoint_update", "inner_update", "softplus"]
+__all__ = [
+    "adjoint_update",
+    "embedding_table_norms",
+    "inner_update",
+    "nearest_embedding",
+    "softplus",
+]
 
 
 def softplus(x: Tensor) -> Tensor:

@@ -85,6 +85,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     distiller.fit(progress=not args.quiet, checkpoint_path=ckpt, callback=report_line)
     distiller.distilled.save(out / "distilled.safetensors")
+    decoded = None
+    if distiller.data.describe().get("kind") == "text":
+        from fastdistill.decode import decode_distilled, write_decoded
+
+        t0 = time.perf_counter()
+        decoded = write_decoded(decode_distilled(distiller.distilled, distiller.data), out)[0]
+        print(f"decoded nearest sentences in {time.perf_counter() - t0:.2f}s -> {decoded}")
 
     t0 = time.perf_counter()
     acc = distiller.evaluate()
@@ -105,7 +112,11 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         "backend": backend_info(),
         "learned_lrs": distiller.distilled.lrs.tolist(),
         "history": distiller.history,
+        "best": distiller.best,
+        "dataset": distiller.data.describe(),
     }
+    if decoded is not None:
+        report["decoded_sentences"] = str(decoded)
     if config.full_data_epochs > 0:
         module = build_model_for(config.model, distiller.data, **config.model_kwargs)
         full = train_full_data(

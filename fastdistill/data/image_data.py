@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from fastdistill.data.protocol import validate_labels
+
 __all__ = ["ImageData", "from_datasets", "from_tensors"]
 
 
@@ -92,20 +94,9 @@ class ImageData:
             )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"{where}: std values must be positive, got {self.std}")
-        for split, y in (("train", self.train_y), ("test", self.test_y)):
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(
-                    f"{where}: {split}_y has labels in [{int(y.min())}, {int(y.max())}], "
-                    f"expected [0, {self.num_classes})"
-                )
-        counts = torch.bincount(self.train_y, minlength=self.num_classes).cpu()
-        empty = [i for i in range(self.num_classes) if counts[i] == 0]
-        if empty:
-            names = ", ".join(f"{i} ({self.class_names[i]!r})" for i in empty)
-            raise ValueError(
-                f"{where}: class {names} has no training examples; every class needs at least "
-                "one real image to distill from"
-            )
+        validate_labels(
+            where, self.train_y, self.test_y, self.num_classes, self.class_names, "image"
+        )
 
     @property
     def in_channels(self) -> int:

@@ -46,3 +46,29 @@ class DistillData(Protocol):
         ...
 
     def to(self, device: torch.device | str) -> DistillData: ...
+
+
+def validate_labels(
+    where: str,
+    train_y: Tensor,
+    test_y: Tensor,
+    num_classes: int,
+    class_names: list[str],
+    example: str,
+) -> None:
+    """Labels in ``[0, num_classes)`` and every class present in training: an empty class
+    would otherwise surface much later as a meaningless distillation result."""
+    for split, y in (("train", train_y), ("test", test_y)):
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise ValueError(
+                f"{where}: {split}_y has labels in [{int(y.min())}, {int(y.max())}], "
+                f"expected [0, {num_classes})"
+            )
+    counts = torch.bincount(train_y.cpu(), minlength=num_classes)
+    empty = [i for i in range(num_classes) if counts[i] == 0]
+    if empty:
+        names = ", ".join(f"{i} ({class_names[i]!r})" for i in empty)
+        raise ValueError(
+            f"{where}: class {names} has no training examples; every class needs at least "
+            f"one real {example} to distill from"
+        )

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastdistill.data.protocol import validate_labels
+
 from . import text_readers as readers
 from .paths import default_cache_dir, default_data_root
 from .text_vocab import Tokenizer, Vocab, tokenize
@@ -153,20 +155,9 @@ class TextData:
             )
         if self.binary and self.num_classes != 2:
             raise ValueError(f"{where}: binary=True needs 2 classes, got {self.num_classes}")
-        for split, y in (("train", self.train_y), ("test", self.test_y)):
-            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(
-                    f"{where}: {split}_y has labels in [{int(y.min())}, {int(y.max())}], "
-                    f"expected [0, {self.num_classes})"
-                )
-        counts = torch.bincount(self.train_y.cpu(), minlength=self.num_classes)
-        empty = [i for i in range(self.num_classes) if counts[i] == 0]
-        if empty:
-            names = ", ".join(f"{i} ({self.class_names[i]!r})" for i in empty)
-            raise ValueError(
-                f"{where}: class {names} has no training examples; every class needs at least "
-                "one real sentence to distill from"
-            )
+        validate_labels(
+            where, self.train_y, self.test_y, self.num_classes, self.class_names, "sentence"
+        )
 
     # -- sizes --------------------------------------------------------------------------------
     @property

@@ -272,9 +272,9 @@ def _adjoint(
                 hv, *rest = torch.autograd.grad(g, inputs, grad_outputs=v)
             v, dlr = ops.adjoint_update(v, hv, g.detach(), raw[t])
             grad_raw[t] = dlr * torch.sigmoid(raw[t])
-            grad_data[s].add_(rest[0], alpha=-float(lrs[t]))
+            grad_data[s].sub_(lrs[t] * rest[0])  # tensor lr: no host sync on GPU
             if grad_labels is not None:
-                grad_labels[s].add_(rest[1], alpha=-float(lrs[t]))
+                grad_labels[s].sub_(lrs[t] * rest[1])
     return Hypergradient(
         outer_loss=per_net.detach(),
         grad_data=grad_data,

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from fastdistill.data.protocol import validate_labels
+from fastdistill.data.protocol import validate_classes, validate_labels
 
 __all__ = ["ImageData", "from_datasets", "from_tensors"]
 
@@ -80,12 +80,7 @@ class ImageData:
             )
         if self.train_x.shape[0] == 0:
             raise ValueError(f"{where}: the training split is empty")
-        if self.num_classes < 1:
-            raise ValueError(f"{where}: num_classes must be >= 1, got {self.num_classes}")
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{where}: {len(self.class_names)} class_names for num_classes={self.num_classes}"
-            )
+        validate_classes(where, self.num_classes, self.class_names)
         c = self.train_x.shape[1]
         if len(self.mean) != c or len(self.std) != c:
             raise ValueError(

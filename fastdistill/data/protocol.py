@@ -48,6 +48,14 @@ class DistillData(Protocol):
     def to(self, device: torch.device | str) -> DistillData: ...
 
 
+def validate_classes(where: str, num_classes: int, class_names: list[str]) -> None:
+    """A positive class count with one name per class."""
+    if num_classes < 1:
+        raise ValueError(f"{where}: num_classes must be >= 1, got {num_classes}")
+    if len(class_names) != num_classes:
+        raise ValueError(f"{where}: {len(class_names)} class_names for num_classes={num_classes}")
+
+
 def validate_labels(
     where: str,
     train_y: Tensor,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastdistill.data.protocol import validate_labels
+from fastdistill.data.protocol import validate_classes, validate_labels
 
 from . import text_readers as readers
 from .paths import default_cache_dir, default_data_root
@@ -147,12 +147,7 @@ class TextData:
                     f"{where}: {split}_lengths must lie in [1, {x.shape[1]}], got "
                     f"[{int(n.min())}, {int(n.max())}]"
                 )
-        if self.num_classes < 1:
-            raise ValueError(f"{where}: num_classes must be >= 1, got {self.num_classes}")
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(
-                f"{where}: {len(self.class_names)} class_names for num_classes={self.num_classes}"
-            )
+        validate_classes(where, self.num_classes, self.class_names)
         if self.binary and self.num_classes != 2:
             raise ValueError(f"{where}: binary=True needs 2 classes, got {self.num_classes}")
         validate_labels(

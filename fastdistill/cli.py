@@ -1,4 +1,4 @@
-"""Command line: ``fastdistill presets | distill | evaluate | info``."""
+"""Command line: ``fastdistill presets | distill | evaluate | reproduce | show | info``."""
 
 from __future__ import annotations
 
@@ -47,14 +47,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides.update(_parse_overrides(args.set))
     config = preset.config.replace(**overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +162,56 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from fastdistill.reproduce import TABLES, RunOptions, run_table
+
+    if args.list or args.table is None:
+        width = max(len(n) for n in TABLES)
+        for name, spec in TABLES.items():
+            print(f"{name:<{width}}  {spec.title}")
+            print(f"{'':<{width}}  cells: {', '.join(c.key for c in spec.cells)}")
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = RunOptions(
+        device=_device(args.device),
+        data_root=args.data_root,
+        download=args.download,
+        overrides=_parse_overrides(args.set),
+        eval_nets=args.eval_nets,
+        estimate=args.estimate or 0,
+        progress=not args.quiet,
+    )
+    cells = args.cells.split(",") if args.cells else None
+    out = Path(args.out or Path("runs") / args.table)
+    run_table(args.table, out, cells=cells, options=options)
+    print((out / "table.md").read_text())
+    print(f"wrote {out / 'table.md'} and {out / 'table.json'}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from fastdistill.figures import show_run
+
+    for path in show_run(args.run_dir, args.out):
+        print(path)
+    return 0
+
+
+def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> configuration overrides (values parsed as JSON when they can)."""
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +257,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=_cmd_evaluate)
+    r = sub.add_parser(
+        "reproduce",
+        help="reproduce a table of the paper (resumable, cell by cell) beside its numbers",
+    )
+    r.add_argument("table", nargs="?", help="e.g. table2-mnist, table3-trec6 (--list)")
+    r.add_argument("--list", action="store_true", help="list the tables and their cells")
+    r.add_argument("--out", help="output folder (default runs/TABLE)")
+    r.add_argument("--cells", help="comma-separated cell keys to run (default: all)")
+    r.add_argument(
+        "--estimate",
+        type=int,
+        metavar="N",
+        help="time N iterations of each distillation cell and record the projected wall time",
+    )
+    r.add_argument("--eval-nets", type=int, help="random-init nets per evaluation (default 200)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every cell")
+    r.add_argument("--data-root")
+    r.add_argument("--download", action="store_true")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--threads", type=int)
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(fn=_cmd_reproduce)
+    s = sub.add_parser("show", help="render the figures of a saved run (PNG and PDF)")
+    s.add_argument("run_dir", help="a `fastdistill distill` output folder")
+    s.add_argument("--out", help="output folder (default RUN_DIR/figures)")
+    s.set_defaults(fn=_cmd_show)
     return parser
 
 

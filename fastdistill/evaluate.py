@@ -7,7 +7,7 @@ evaluating 200 random-init nets costs a few batched passes, not 200 Python loops
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -195,3 +195,16 @@ def distillation_ratio(distilled_accuracy: float, full_accuracy: float) -> float
     if full_accuracy <= 0 or math.isnan(full_accuracy):
         raise ValueError(f"full-data accuracy must be positive, got {full_accuracy}")
     return 100.0 * distilled_accuracy / full_accuracy
+
+
+def minimum_distilled_size(
+    accuracies: Mapping[int, float], full_accuracy: float, percent: float = 90.0
+) -> int | None:
+    """The smallest number of distilled samples ``M`` whose ratio ``r_M`` reaches ``percent``
+    (the paper's "A% distillation size"); None when no size in ``accuracies`` reaches it."""
+    if not 0 < percent:
+        raise ValueError(f"percent must be positive, got {percent}")
+    reached = [
+        m for m, acc in accuracies.items() if distillation_ratio(acc, full_accuracy) >= percent
+    ]
+    return min(reached) if reached else None

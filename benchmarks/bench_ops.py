@@ -6,6 +6,9 @@ implementations appear side by side:
 * ``reference``: ``fastdistill.ops.reference.<op>`` (what the ops fall back to),
 * ``eager``: what a user would write by hand (inner_update: ``torch.add(w, g, alpha=-lr)`` with a
   Python float lr, which costs a device sync on GPU; adjoint_update: two separate expressions).
+
+The inner-loss op ``soft_label_loss`` is compared kernel vs reference (forward, and the
+gradient + double backward of an adjoint step) at the end of this file.
 """
 
 from __future__ import annotations
@@ -82,5 +85,40 @@ def test_adjoint_update(benchmark, impl, B, device):
 
         def fn():
             return v - F.softplus(raw) * hv, -torch.dot(g.reshape(-1), v.reshape(-1))
+
+    _run(benchmark, fn, device)
+
+
+# ------------------------------------------------------------------------- soft_label_loss
+# Rows of the inner loss: B = 32 nets x N = 100 distilled examples, K = 10 or 100 classes.
+# "forward": the per-example losses; "hvp": what one adjoint step does with the loss: the logit
+# gradient with create_graph, then its vector-Jacobian product w.r.t. logits and labels.
+SLL_ROWS = 3200
+
+
+def _sll_inputs(K: int, device: str, requires_grad: bool):
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(SLL_ROWS, K, generator=gen).to(device).requires_grad_(requires_grad)
+    y = torch.randn(SLL_ROWS, K, generator=gen).to(device).requires_grad_(requires_grad)
+    u = torch.randn(SLL_ROWS, K, generator=gen).to(device)
+    return z, y, u
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("K", [10, 100])
+@pytest.mark.parametrize("kind", ["soft", "softmax"])
+@pytest.mark.parametrize("what", ["forward", "hvp"])
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_soft_label_loss(benchmark, impl, what, kind, K, device):
+    benchmark.group = f"soft_label_loss {what} {kind} {device} rows={SLL_ROWS} K={K}"
+    z, y, u = _sll_inputs(K, device, requires_grad=what == "hvp")
+    op = _kernels().soft_label_loss.default if impl == "kernel" else reference.soft_label_loss
+    if what == "forward":
+        fn = lambda: op(z, y, kind)
+    else:
+
+        def fn():
+            (gz,) = torch.autograd.grad(op(z, y, kind).sum(), z, create_graph=True)
+            return torch.autograd.grad(gz, (z, y), u)
 
     _run(benchmark, fn, device)

@@ -69,6 +69,39 @@ TORCH_LIBRARY(fastdistill, m) {
   m.def(
       "nearest_embedding(Tensor queries, Tensor table, int k, str metric, Tensor? table_norms) "
       "-> (Tensor values, Tensor indices)");
+  // Per-example inner loss (SPEC §2) of logits [N, K]: kind "soft" (labels [N, K] as raw
+  //   weights: -sum_k y_k log_softmax(z)_k), "softmax" (targets softmax(labels)) or "binary"
+  //   (BCE-with-logits, logits [N, 1], labels [N]). Returns [N]. The backward op gives
+  //   (grad * dl/dlogits, grad * dl/dlabels); the double-backward op the vector-Jacobian
+  //   product of the backward op for tangents (gg_logits, gg_labels): (d/dgrad, d/dlogits,
+  //   d/dlabels), i.e. the Hessian-vector and mixed label products of the adjoint sweep.
+  m.def("soft_label_loss(Tensor logits, Tensor labels, str kind) -> Tensor");
+  m.def(
+      "soft_label_loss_backward(Tensor grad, Tensor logits, Tensor labels, str kind) "
+      "-> (Tensor grad_logits, Tensor grad_labels)");
+  m.def(
+      "soft_label_loss_double_backward(Tensor grad, Tensor logits, Tensor labels, "
+      "Tensor gg_logits, Tensor gg_labels, str kind) "
+      "-> (Tensor grad_grad, Tensor grad_logits, Tensor grad_labels)");
+  // Conv2d (stride 1, zero padding) + 2x2/2 max pool (+ ReLU) of B nets, for the fused inner
+  //   step (see csrc/include/fastdistill/conv_pool.h): x [N, G*Cin, H, W] (G = 1 or B),
+  //   w [B, Cout, Cin, KH, KW], b [B, Cout]; out/code/grad [N, B*Cout, HP, WP], code uint8 (the
+  //   window's argmax, 255 where the ReLU is off). forward: pooled values and codes; gather: the
+  //   convolution at the coded positions (tangents); backward: (dx, dw, db) from the pooled
+  //   gradient (outputs not in output_mask come back empty).
+  m.def(
+      "conv_pool_forward(Tensor x, Tensor w, Tensor? b, int[2] padding, bool relu) "
+      "-> (Tensor out, Tensor code)");
+  m.def("conv_pool_gather(Tensor x, Tensor w, Tensor? b, Tensor code, int[2] padding) -> Tensor");
+  m.def(
+      "conv_pool_backward(Tensor grad, Tensor x, Tensor w, Tensor code, int[2] padding, "
+      "bool[3] output_mask) -> (Tensor dx, Tensor dw, Tensor db)");
+  // The fused inner step / outer value-and-gradient of a sequential net of B nets (layers in
+  //   `spec`, see csrc/cpu/seq_step.cpp): (value [B], g [B, P], hv [B, P], dx, dy); hv, dx, dy
+  //   are the products with v (Hessian-vector, data and label mixed products) when v is given.
+  m.def(
+      "seq_step(Tensor w, Tensor? v, Tensor x, Tensor y, int[] spec, str loss, bool need_dx, "
+      "bool need_dy) -> (Tensor value, Tensor g, Tensor hv, Tensor dx, Tensor dy)");
   // Build configuration as a JSON string.
   m.def("build_info() -> str", &build_info);
 }

@@ -37,7 +37,16 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "kernels", "reference")
-OPS = ("inner_update", "adjoint_update", "nearest_embedding")
+OPS = (
+    "inner_update",
+    "adjoint_update",
+    "nearest_embedding",
+    "soft_label_loss",
+    "conv_pool_forward",
+    "conv_pool_gather",
+    "conv_pool_backward",
+    "seq_step",
+)
 _NAMESPACE = "fastdistill"
 
 

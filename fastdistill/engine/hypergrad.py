@@ -11,9 +11,12 @@ Two engines compute the same numbers (to float64 precision):
       dL/dw_t  = v - lr_t * H_ww v        dL/dx_t = -lr_t * (d2l/dx dw) v
       dL/dy_t  = -lr_t * (d2l/dy dw) v    dL/dlr_t = -<grad_w l, v>
 
-  Graph memory is that of one inner step whatever ``T`` is. Weights are checkpointed every
-  ``checkpoint_every`` steps (default ~sqrt(T)) and segments are recomputed in the sweep, so
-  stored weights grow as ``2 sqrt(T)`` rather than ``T``.
+  Graph memory is that of one inner step whatever ``T`` is. Which weights are stored and which
+  recomputed is a checkpoint schedule (``fastdistill.engine.checkpointing``): by default
+  binomial checkpointing with at most ``checkpoint_slots`` (default 2) stored weight vectors,
+  at most ``checkpoint_outer_slots`` (2) of them during the real-batch outer pass, so memory
+  stays flat in ``T`` and recomputation grows like ``T^(1/slots)``; ``checkpoint_every=k``
+  stores every k-th vector instead (``~T/k + k`` vectors, at most 2x the forward steps).
 
 Everything is batched over B nets (``w0`` is ``[B, P]``); the result is the mean over nets.
 Step ``t`` uses distilled batch ``t mod S`` (S = ``data.shape[0]``), so data and label gradients
@@ -23,7 +26,7 @@ add up over epochs.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -33,6 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastdistill import ops
+from fastdistill.engine import fused_step
+from fastdistill.engine.checkpointing import (
+    DEFAULT_OUTER_SLOTS,
+    DEFAULT_SLOTS,
+    Action,
+    binomial_schedule,
+    uniform_schedule,
+)
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.losses import LabelKind, inner_loss, outer_loss
 
@@ -64,6 +75,8 @@ def hypergradient(
     learn_labels: bool = True,
     engine: Engine = "adjoint",
     checkpoint_every: int | None = None,
+    checkpoint_slots: int | None = None,
+    checkpoint_outer_slots: int | None = None,
     truncate: int | None = None,
     rng_seed: int | None = None,
 ) -> Hypergradient:
@@ -79,7 +92,16 @@ def hypergradient(
         label_kind: ``soft``, ``softmax`` or ``binary`` (see ``inner_loss``).
         learn_labels: compute label gradients (False for frozen, hard labels).
         engine: ``adjoint`` (memory of one step) or ``unroll`` (the oracle).
-        checkpoint_every: adjoint only; store every k-th weight vector (1 = all).
+        checkpoint_every: adjoint only; store every k-th weight vector (1 = all) and recompute
+            one segment at a time: ``~T/k + k`` stored vectors, at most 2x the forward steps.
+        checkpoint_slots: adjoint only; binomial checkpointing storing at most this many weight
+            vectors (``[B, P]`` each) whatever ``T`` is, with the fewest recomputed steps for
+            that memory. Default (both None): ``DEFAULT_SLOTS`` (2: as many as T=3 stores);
+            more slots recompute less. Give one of the two, not both.
+        checkpoint_outer_slots: binomial schedule; at most this many of the slots are filled
+            while the outer loss runs on the real batch, usually the largest activations of the
+            computation (default ``DEFAULT_OUTER_SLOTS``; ``checkpoint_slots`` = plain revolve,
+            fewer recomputed steps).
         truncate: back-propagate through the last ``truncate`` steps only (None = exact).
         rng_seed: base seed that makes stochastic layers (dropout) replay the same masks in
             every engine and in the adjoint's recomputation; drawn when None.
@@ -87,6 +109,7 @@ def hypergradient(
     _check_inputs(model, w0, data, labels, raw_lrs, real_x, real_y, label_kind)
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    schedule = _checkpoint_schedule(checkpoint_every, checkpoint_slots, checkpoint_outer_slots)
     if model.stochastic and rng_seed is None:
         rng_seed = int(torch.randint(0, 2**62, (1,)).item())
     run = _adjoint if engine == "adjoint" else _unroll
@@ -100,7 +123,7 @@ def hypergradient(
         real_y,
         label_kind,
         learn_labels,
-        checkpoint_every,
+        schedule,
         truncate,
         rng_seed,
     )
@@ -206,18 +229,33 @@ def _unroll(
 
 
 # -- adjoint: forward without graph, reverse sweep one step at a time -------------------------
+Schedule = Callable[[int, int], Iterator[Action]]  # (steps n, first step) -> actions
+
+
 def default_checkpoint_every(T: int) -> int:
-    """Keep every weight vector for short unrolls, ~sqrt(T) checkpoints for long ones."""
+    """The uniform schedule's classic choice: every vector up to T=16, ~sqrt(T) beyond."""
     return 1 if T <= 16 else math.ceil(math.sqrt(T))
 
 
+def _checkpoint_schedule(every: int | None, slots: int | None, outer: int | None) -> Schedule:
+    """The schedule the options ask for (validated here, so both engines reject bad ones)."""
+    if every is not None and (slots is not None or outer is not None):
+        raise ValueError("give checkpoint_every or checkpoint_slots/_outer_slots, not both")
+    if every is not None:
+        if int(every) < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {every}")
+        return lambda n, start: uniform_schedule(n, int(every), start)
+    slots = DEFAULT_SLOTS if slots is None else int(slots)
+    outer = min(DEFAULT_OUTER_SLOTS, slots) if outer is None else int(outer)
+    if slots < 0 or outer < 0:
+        raise ValueError(f"checkpoint_slots/_outer_slots must be >= 0, got {slots}, {outer}")
+    return lambda n, start: binomial_schedule(n, slots, start, outer)
+
+
 def _adjoint(
-    model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, ckpt, truncate, seed
+    model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, schedule, truncate, seed
 ) -> Hypergradient:
     T, S = raw_lrs.numel(), data.shape[0]
-    k = default_checkpoint_every(T) if ckpt is None else int(ckpt)
-    if k < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {k}")
     first = _first_step(truncate, T)
     data, labels, raw = data.detach(), labels.detach(), raw_lrs.detach()
     lrs = F.softplus(raw)
@@ -225,58 +263,57 @@ def _adjoint(
     def step(t: int, w: Tensor) -> Tensor:
         s = t % S
         with torch.enable_grad(), _step_rng(seed, t, w.device):
-            g = _inner_grad(model, w.requires_grad_(), data[s], labels[s], kind, False)
+            g = fused_step.inner_grad(model, w, data[s], labels[s], kind)  # autograd fallback
         return ops.inner_update(w.detach(), g, raw[t])
 
-    # Forward: weights at segment starts; the last segment's weights stay, no recompute.
-    checkpoints: dict[int, Tensor] = {}
-    tail: list[Tensor] = []
-    last_start = ((T - 1) // k) * k
-    w = w0.detach()
-    for t in range(T):
-        if t >= last_start:
-            tail.append(w)
-        elif t % k == 0:
-            checkpoints[t] = w
-        w = step(t, w)
-    w_final = w
-
-    with torch.enable_grad():
-        w_T = w_final.clone().requires_grad_()
-        per_net = _outer(model, w_T, real_x, real_y, kind == "binary")
-        (v,) = torch.autograd.grad(per_net.mean(), w_T)
+    def outer(w_T: Tensor) -> tuple[Tensor, Tensor]:
+        return fused_step.outer_value_and_grad(model, w_T, real_x, real_y, kind == "binary")
 
     grad_data = torch.zeros_like(data)
     grad_labels = torch.zeros_like(labels) if learn_labels else None
     grad_raw = torch.zeros_like(raw)
-    for seg_start in range(last_start, -1, -k):
-        if seg_start + k <= first:
-            break  # everything earlier is cut off by truncation
-        if seg_start == last_start:
-            weights = tail
-        else:  # recompute this segment's weights from its checkpoint
-            weights = [checkpoints[seg_start]]
-            for t in range(seg_start, seg_start + k - 1):
-                weights.append(step(t, weights[-1]))
-        for i in range(len(weights) - 1, -1, -1):
-            t = seg_start + i
-            if t < first:
-                break
-            s = t % S
-            with torch.enable_grad(), _step_rng(seed, t, w0.device):
-                w_t = weights[i].detach().requires_grad_()
-                x = data[s].clone().requires_grad_()
-                y = labels[s].clone().requires_grad_(learn_labels)
-                g = _inner_grad(model, w_t, x, y, kind, create_graph=True)
-                inputs = (w_t, x, y) if learn_labels else (w_t, x)
-                hv, *rest = torch.autograd.grad(g, inputs, grad_outputs=v)
-            v, dlr = ops.adjoint_update(v, hv, g.detach(), raw[t])
-            grad_raw[t] = dlr * torch.sigmoid(raw[t])
-            grad_data[s].sub_(lrs[t] * rest[0])  # tensor lr: no host sync on GPU
-            if grad_labels is not None:
-                grad_labels[s].sub_(lrs[t] * rest[1])
+
+    def back(t: int, w: Tensor, v: Tensor) -> Tensor:
+        """Adjoint of step t: accumulate its data/label/step-size gradients, return dL/dw_t."""
+        s = t % S
+        with torch.enable_grad(), _step_rng(seed, t, w0.device):
+            # g, H_ww v, (d2l/dx dw) v, (d2l/dy dw) v: fused pass, or double backward
+            g, hv, *rest = fused_step.inner_hvp(model, w, data[s], labels[s], kind, v, learn_labels)
+        v, dlr = ops.adjoint_update(v, hv, g.detach(), raw[t])
+        grad_raw[t] = dlr * torch.sigmoid(raw[t])
+        grad_data[s].sub_(lrs[t] * rest[0])  # tensor lr: no host sync on GPU
+        if grad_labels is not None:
+            grad_labels[s].sub_(lrs[t] * rest[1])
+        return v
+
+    # Steps before the truncation point only move the weights. Then the schedule runs steps
+    # first .. T, where "step" T is the outer loss at w_T: it is reversed first and the forward
+    # sweep is part of the schedule. Stored tensors are never modified in place (step() and
+    # back() detach before setting requires_grad), so a restore is a reference, not a copy.
+    w = w0.detach()
+    for t in range(first):
+        w = step(t, w.detach())
+    start, current, t_cur = w, w, first
+    stored: dict[int, Tensor] = {}
+    v = w_final = per_net = None
+    for action, t in schedule(T - first + 1, first):
+        if action in ("advance", "store", "reverse") and t != t_cur:
+            raise RuntimeError(f"checkpoint schedule: {action} {t} with w_{t_cur} current")
+        if action == "advance":
+            current, t_cur = step(t, current.detach()), t + 1
+        elif action == "store":
+            stored[t] = current
+        elif action == "restore":
+            current, t_cur = (start if t == first else stored[t]), t
+        elif action == "free":
+            del stored[t]
+        elif t == T:
+            per_net, v = outer(current)
+            w_final = current
+        else:
+            v = back(t, current, v)
     return Hypergradient(
-        outer_loss=per_net.detach(),
+        outer_loss=per_net,
         grad_data=grad_data,
         grad_labels=grad_labels,
         grad_raw_lrs=grad_raw,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fastdistill import ops
 
 LabelKind = Literal["soft", "softmax", "binary"]
 
@@ -23,13 +24,25 @@ def inner_loss(logits: Tensor, labels: Tensor, kind: LabelKind = "soft") -> Tens
       rows as weights; negative and >1 entries are allowed and matter.
     * ``softmax``: the same with ``softmax(y_i)`` as the target distribution.
     * ``binary``: BCE-with-logits against one real-valued label per example.
+
+    Logits ``[..., N, K]`` (``K = 1`` for binary); labels broadcast to them (``[N, K]``, or
+    ``[N]`` for binary). The per-example losses come from ``fastdistill.ops.soft_label_loss``
+    over the flattened rows: fused kernels (forward, gradient and the Hessian-vector products
+    of the engine's double backward) when the extension is loaded, the same formulas in
+    PyTorch otherwise. Rows are independent, so this also works under ``torch.vmap``.
     """
     if kind == "binary":
-        z = logits.squeeze(-1)
-        y = labels.to(z.dtype).expand_as(z)
-        return F.binary_cross_entropy_with_logits(z, y, reduction="none").mean(-1)
-    target = torch.softmax(labels, dim=-1) if kind == "softmax" else labels
-    return -(target * torch.log_softmax(logits, dim=-1)).sum(-1).mean(-1)
+        if logits.shape[-1] != 1:  # not one logit per example: elementwise BCE, as before
+            z = logits.squeeze(-1)
+            y = labels.to(z.dtype).expand_as(z)
+            return F.binary_cross_entropy_with_logits(z, y, reduction="none").mean(-1)
+        rows = logits.shape[:-1]
+        y = labels.to(logits.dtype).expand(rows).reshape(-1)
+        return ops.soft_label_loss(logits.reshape(-1, 1), y, kind).view(rows).mean(-1)
+    k = logits.shape[-1]
+    y = labels.to(logits.dtype).expand(logits.shape).reshape(-1, k)
+    per_example = ops.soft_label_loss(logits.reshape(-1, k), y, kind)
+    return per_example.view(logits.shape[:-1]).mean(-1)
 
 
 def outer_loss(logits: Tensor, targets: Tensor, binary: bool = False) -> Tensor:

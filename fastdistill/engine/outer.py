@@ -169,6 +169,7 @@ class Distiller:
             learn_labels=d.learn_labels,
             engine=c.engine,
             checkpoint_every=c.checkpoint_every,
+            checkpoint_slots=c.checkpoint_slots,
             rng_seed=seed,
         )
         loss = float(hg.outer_loss.mean())

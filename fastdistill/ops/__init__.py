@@ -23,12 +23,17 @@ from fastdistill._extension import (
     use_kernels,
 )
 from fastdistill.ops import reference
+from fastdistill.ops._conv_pool import conv_pool_backward, conv_pool_forward, conv_pool_gather
 from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
+from fastdistill.ops._soft_label_loss import soft_label_loss
 
 __all__ = [
     "BackendChoice",
     "adjoint_update",
     "backend_info",
+    "conv_pool_backward",
+    "conv_pool_forward",
+    "conv_pool_gather",
     "embedding_table_norms",
     "get_backend",
     "inner_update",
@@ -36,6 +41,7 @@ __all__ = [
     "nearest_embedding",
     "reference",
     "set_backend",
+    "soft_label_loss",
     "use_kernels",
 ]
 

@@ -108,6 +108,128 @@ def _nearest_embedding_backward(ctx, grad_values, grad_indices):
     )
 
 
+# -------------------------------------------------------------------------- soft_label_loss
+_SLL = "fastdistill::soft_label_loss"
+
+
+def _soft_label_loss_shapes(op: str, logits: Tensor, labels: Tensor, kind: str) -> None:
+    torch._check(logits.dim() == 2, lambda: f"{op}: `logits` must be a 2-D tensor [N, K]")
+    torch._check(
+        kind in ("soft", "softmax", "binary"),
+        lambda: f"{op}: `kind` must be 'soft', 'softmax' or 'binary', got {kind!r}",
+    )
+    if kind == "binary":
+        torch._check(logits.shape[1] == 1, lambda: f"{op}: `logits` must have shape [N, 1]")
+        torch._check(
+            labels.dim() == 1 and labels.shape[0] == logits.shape[0],
+            lambda: f"{op}: `labels` must have shape [N]",
+        )
+    else:
+        torch._check(labels.shape == logits.shape, lambda: f"{op}: `labels` must match `logits`")
+
+
+def _soft_label_loss_fake(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
+    _soft_label_loss_shapes(_SLL, logits, labels, kind)
+    return logits.new_empty((logits.shape[0],))
+
+
+def _soft_label_loss_backward_fake(grad: Tensor, logits: Tensor, labels: Tensor, kind: str):
+    _soft_label_loss_shapes(f"{_SLL}_backward", logits, labels, kind)
+    return logits.new_empty(logits.shape), labels.new_empty(labels.shape)
+
+
+def _soft_label_loss_double_backward_fake(
+    grad: Tensor, logits: Tensor, labels: Tensor, gg_logits: Tensor, gg_labels: Tensor, kind: str
+):
+    _soft_label_loss_shapes(f"{_SLL}_double_backward", logits, labels, kind)
+    return (
+        grad.new_empty(grad.shape),
+        logits.new_empty(logits.shape),
+        labels.new_empty(labels.shape),
+    )
+
+
+def _soft_label_loss_setup_context(ctx, inputs, output) -> None:
+    logits, labels, kind = inputs
+    ctx.kind = kind
+    ctx.save_for_backward(logits, labels)
+
+
+def _soft_label_loss_backward(ctx, grad: Tensor):
+    # d loss / d(logits, labels): the fused backward op, itself differentiable (below), so that
+    # autograd.grad(..., create_graph=True) and the adjoint sweep's Hessian-vector products
+    # run the fused kernels too.
+    logits, labels = ctx.saved_tensors
+    need_z, need_y = ctx.needs_input_grad[:2]
+    if not (need_z or need_y):
+        return None, None, None
+    gz, gy = torch.ops.fastdistill.soft_label_loss_backward.default(grad, logits, labels, ctx.kind)
+    return (gz if need_z else None), (gy if need_y else None), None
+
+
+def _soft_label_loss_backward_setup_context(ctx, inputs, output) -> None:
+    grad, logits, labels, kind = inputs
+    ctx.kind = kind
+    ctx.save_for_backward(grad, logits, labels)
+
+
+def _soft_label_loss_backward_backward(ctx, gg_logits: Tensor, gg_labels: Tensor):
+    # Second derivatives: the vector-Jacobian product of the backward op (fused kernel).
+    grad, logits, labels = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:3]
+    if not any(needs):
+        return None, None, None, None
+    gg_logits = torch.zeros_like(logits) if gg_logits is None else gg_logits
+    gg_labels = torch.zeros_like(labels) if gg_labels is None else gg_labels
+    out = torch.ops.fastdistill.soft_label_loss_double_backward.default(
+        grad, logits, labels, gg_logits, gg_labels, ctx.kind
+    )
+    return (*(t if need else None for t, need in zip(out, needs)), None)
+
+
+def _soft_label_loss_double_backward_setup_context(ctx, inputs, output) -> None:
+    *tensors, kind = inputs
+    ctx.kind = kind
+    ctx.save_for_backward(*tensors)
+
+
+def _soft_label_loss_double_backward_backward(ctx, *cotangents: Tensor):
+    # Third and higher derivatives (never on the hot path): through the reference's closed
+    # forms, which are plain differentiable PyTorch.
+    from fastdistill.ops.reference import soft_label_loss_double_backward
+
+    saved = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:5]
+    if not any(needs):
+        return (None,) * 6
+    cotangents = tuple(
+        torch.zeros_like(o) if c is None else c
+        for c, o in zip(cotangents, (saved[0], saved[1], saved[2]))
+    )
+    _, vjp = torch.func.vjp(lambda *a: soft_label_loss_double_backward(*a, ctx.kind), *saved)
+    grads = vjp(cotangents)
+    return (*(g if need else None for g, need in zip(grads, needs)), None)
+
+
+def _rows_vmap(op, num_tensors: int):
+    """vmap rule of a row-wise op whose first ``num_tensors`` arguments all have the rows as
+    dim 0: the vmapped dim is folded into the rows (rows are independent)."""
+
+    def rule(info, in_dims, *args):
+        n = info.batch_size
+        tensors = []
+        for t, d in zip(args[:num_tensors], in_dims[:num_tensors]):
+            tensors.append(t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(n, *t.shape))
+        rows = tensors[0].shape[1]
+        flat = [t.reshape(n * rows, *t.shape[2:]) for t in tensors]
+        out = op(*flat, *args[num_tensors:])
+        if isinstance(out, Tensor):
+            return out.reshape(n, rows, *out.shape[1:]), 0
+        return tuple(o.reshape(n, rows, *o.shape[1:]) for o in out), (0,) * len(out)
+
+    return rule
+
+
 def register_all() -> None:
     """Register fake kernels, autograd formulas and vmap rules (idempotent)."""
     global _done
@@ -132,6 +254,31 @@ def register_all() -> None:
         _nearest_embedding_backward,
         setup_context=_nearest_embedding_setup_context,
     )
+    lib.register_fake(_SLL)(_soft_label_loss_fake)
+    lib.register_fake(f"{_SLL}_backward")(_soft_label_loss_backward_fake)
+    lib.register_fake(f"{_SLL}_double_backward")(_soft_label_loss_double_backward_fake)
+    lib.register_autograd(
+        _SLL, _soft_label_loss_backward, setup_context=_soft_label_loss_setup_context
+    )
+    lib.register_autograd(
+        f"{_SLL}_backward",
+        _soft_label_loss_backward_backward,
+        setup_context=_soft_label_loss_backward_setup_context,
+    )
+    lib.register_autograd(
+        f"{_SLL}_double_backward",
+        _soft_label_loss_double_backward_backward,
+        setup_context=_soft_label_loss_double_backward_setup_context,
+    )
+    from fastdistill.ops._conv_pool import register as _register_conv_pool
+
+    _register_conv_pool(lib)
     if hasattr(lib, "register_vmap"):  # torch >= 2.5
         lib.register_vmap("fastdistill::inner_update")(_inner_update_vmap)
+        ops = torch.ops.fastdistill
+        lib.register_vmap(_SLL)(_rows_vmap(ops.soft_label_loss.default, 2))
+        lib.register_vmap(f"{_SLL}_backward")(_rows_vmap(ops.soft_label_loss_backward.default, 3))
+        lib.register_vmap(f"{_SLL}_double_backward")(
+            _rows_vmap(ops.soft_label_loss_double_backward.default, 5)
+        )
     _done = True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -14,9 +14,9 @@ def peak_memory(fn: Callable[[], R], device: torch.device | str = "cpu") -> tupl
     """Run ``fn()`` and return its result and the peak bytes of tensors it allocated.
 
     On CUDA this is ``max_memory_allocated`` above the level before the call. The CPU allocator
-    keeps no statistics, so there the profiler's per-op allocation records are replayed in time
-    order; this counts every tensor the call allocates, which is what grows with the unroll
-    length when graphs are kept alive.
+    keeps no statistics, so there the profiler's individual allocation and free records are
+    replayed in time order; this counts every tensor the call allocates (not the C++ kernels'
+    non-tensor scratch), which is what grows with the unroll length when graphs are kept alive.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -30,10 +30,12 @@ def peak_memory(fn: Callable[[], R], device: torch.device | str = "cpu") -> tupl
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
-    events: list[Any] = [e for e in prof.events() if e.self_cpu_memory_usage != 0]
-    events.sort(key=lambda e: e.time_range.start)
+    # The raw allocation and free records, in time order: per-op totals would net an op's
+    # allocations against its frees and miss peaks inside one call (e.g. a fused C++ step).
+    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    records.sort(key=lambda e: e.start_ns())
     current = peak = 0
-    for e in events:
-        current += e.self_cpu_memory_usage
+    for e in records:
+        current += e.nbytes()
         peak = max(peak, current)
     return out, peak

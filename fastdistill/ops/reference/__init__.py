@@ -12,12 +12,20 @@ from torch import Tensor
 
 from fastdistill.ops.reference._checks import check_adjoint_update, check_inner_update
 from fastdistill.ops.reference.nearest_embedding import embedding_table_norms, nearest_embedding
+from fastdistill.ops.reference.soft_label_loss import (
+    soft_label_loss,
+    soft_label_loss_backward,
+    soft_label_loss_double_backward,
+)
 
 __all__ = [
     "adjoint_update",
     "embedding_table_norms",
     "inner_update",
     "nearest_embedding",
+    "soft_label_loss",
+    "soft_label_loss_backward",
+    "soft_label_loss_double_backward",
     "softplus",
 ]
 

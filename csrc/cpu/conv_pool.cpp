@@ -1,0 +1,953 @@
+// CPU kernels of fastdistill::conv_pool_{forward,gather,backward} (see conv_pool.h).
+//
+// Each input plane is copied once into a zero-padded buffer of the rows/columns the pooled
+// outputs need (HR x WR per channel). A convolution output at (y, x) is then, for every kernel
+// tap k = (ci, ky, kx), plane[off[k] + j] with j = y*WR + x: over the flattened j the whole
+// output map is ONE contiguous correlation per tap (columns x >= 2*WP are computed and thrown
+// away), which vectorizes well whatever the image width (GCC/Clang vector extensions, AVX-512 /
+// AVX2 clones picked at load time). Forward: register blocks of output channels x positions,
+// then the 2x2 max (ATen's first-maximum rule), its code and the ReLU, a vector of windows at a
+// time. Gather (tangent): the same correlation, read at the coded positions. Backward: the
+// pooled gradients are scattered into the flattened layout, then the weight gradient (blocks
+// of 4 channels x 4 taps, per-lane partial sums) and the input gradient (blocks of input
+// channels, two accumulator chains) run as dense correlations over it.
+//
+// Parallel over images (small calls stay on one thread); weight/bias gradients are summed per
+// fixed chunk of images and the chunks added in order, so results do not depend on the thread
+// count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "fastdistill/checks.h"
+#include "fastdistill/conv_pool.h"
+#include "fastdistill/conv_pool_checks.h"
+#include "fastdistill/cpu_target.h"
+
+// 64-byte vector extension types are passed between always-inline helpers only.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace fastdistill {
+namespace {
+
+constexpr int64_t kBlock = 16;  // output channels per correlation call (one conv buffer)
+
+// Geometry of the flattened padded planes.
+struct Flat {
+  int64_t HR, WR, plane, L, Lpad, buf;  // buf: elements of one Cin-plane stack incl. slack
+};
+
+Flat flat_geometry(const ConvPoolDims& d, int64_t JB) {
+  Flat f;
+  f.HR = 2 * d.HP + d.KH - 1;
+  f.WR = 2 * d.WP + d.KW - 1;
+  f.plane = f.HR * f.WR;
+  f.L = (2 * d.HP - 1) * f.WR + 2 * d.WP;
+  f.Lpad = (f.L + JB - 1) / JB * JB;
+  f.buf = d.Cin * f.plane + JB;  // reads of a full last block stay inside
+  return f;
+}
+
+std::vector<int64_t> tap_offsets(const ConvPoolDims& d, const Flat& f) {
+  std::vector<int64_t> off(static_cast<size_t>(d.K()));
+  int64_t k = 0;
+  for (int64_t ci = 0; ci < d.Cin; ++ci)
+    for (int64_t ky = 0; ky < d.KH; ++ky)
+      for (int64_t kx = 0; kx < d.KW; ++kx) off[k++] = ci * f.plane + ky * f.WR + kx;
+  return off;
+}
+
+// Copy the Cin channels of one image into the zero-padded flattened planes.
+template <typename T>
+void fill_planes(T* dst, const T* src, const ConvPoolDims& d, const Flat& f) {
+  std::fill(dst, dst + f.buf, T(0));
+  for (int64_t ci = 0; ci < d.Cin; ++ci) {
+    const T* s = src + ci * d.H * d.W;
+    T* p = dst + ci * f.plane;
+    for (int64_t r = 0; r < f.HR; ++r) {
+      const int64_t iy = r - d.ph;
+      if (iy < 0 || iy >= d.H) continue;
+      const int64_t c0 = std::max<int64_t>(0, d.pw);
+      const int64_t c1 = std::min<int64_t>(f.WR, d.W + d.pw);
+      for (int64_t c = c0; c < c1; ++c) p[r * f.WR + c] = s[iy * d.W + (c - d.pw)];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- vectorized inner kernels
+// GCC/Clang vector extensions (64 bytes: one AVX-512 register, two AVX2 ones), unaligned
+// loads/stores through memcpy. NV vectors per block of JB = NV * lanes flattened positions.
+template <typename T>
+struct Vec {
+  typedef T type __attribute__((vector_size(64)));
+  static constexpr int kLanes = 64 / sizeof(T);
+};
+
+template <typename V, typename T>
+FD_ALWAYS_INLINE V vload(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+FD_ALWAYS_INLINE void vstore(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// Blocks of NV vectors of positions: NV = 2 for large planes (two independent accumulator
+// chains per channel), NV = 1 for small ones (less padding waste), see pick_kernels().
+
+// out[c][j] = bias[c] + sum_k w[c*K + k] * plane[off[k] + j], j < Lpad, for COB channels.
+template <typename T, int COB, int NV>
+FD_ALWAYS_INLINE void corr_body(const T* __restrict__ plane, const int64_t* __restrict__ off,
+                                int64_t K, const T* __restrict__ w, const T* __restrict__ bias,
+                                T* __restrict__ out, int64_t Lpad) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  for (int64_t j0 = 0; j0 < Lpad; j0 += NV * L) {
+    V acc[COB][NV];
+    for (int c = 0; c < COB; ++c)
+      for (int v = 0; v < NV; ++v) acc[c][v] = V{} + bias[c];
+    for (int64_t k = 0; k < K; ++k) {
+      const T* src = plane + off[k] + j0;
+      V xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = vload<V>(src + v * L);
+      for (int c = 0; c < COB; ++c) {
+        const T wv = w[c * K + k];
+        for (int v = 0; v < NV; ++v) acc[c][v] += wv * xv[v];
+      }
+    }
+    for (int c = 0; c < COB; ++c)
+      for (int v = 0; v < NV; ++v) vstore(out + c * Lpad + j0 + v * L, acc[c][v]);
+  }
+}
+
+// dw[c*K + k] += sum_j g[c][j] * plane[off[k] + j] for COB channels (g rows Lpad apart).
+template <typename T, int COB, int NV>
+FD_ALWAYS_INLINE void wgrad_body(const T* __restrict__ plane, const int64_t* __restrict__ off,
+                                 int64_t K, const T* __restrict__ g, T* __restrict__ dw,
+                                 int64_t Lpad) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* src = plane + off[k];
+    V acc[COB][NV];
+    for (int c = 0; c < COB; ++c)
+      for (int v = 0; v < NV; ++v) acc[c][v] = V{};
+    for (int64_t j0 = 0; j0 < Lpad; j0 += NV * L) {
+      V xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = vload<V>(src + j0 + v * L);
+      for (int c = 0; c < COB; ++c)
+        for (int v = 0; v < NV; ++v) acc[c][v] += vload<V>(g + c * Lpad + j0 + v * L) * xv[v];
+    }
+    for (int c = 0; c < COB; ++c) {
+      V s = acc[c][0];
+      for (int v = 1; v < NV; ++v) s += acc[c][v];
+      T t = 0;
+      for (int i = 0; i < L; ++i) t += s[i];
+      dw[c * K + k] += t;
+    }
+  }
+}
+
+// dplane[off[k] + j] += sum_c w[c*K + k] * g[c][j] over all Cout channels; eight independent
+// accumulator chains (the sum over c is latency-bound otherwise).
+template <typename T, int NV>
+FD_ALWAYS_INLINE void dgrad_body(T* __restrict__ dplane, const int64_t* __restrict__ off,
+                                 int64_t K, const T* __restrict__ w, const T* __restrict__ g,
+                                 int64_t Cout, int64_t Lpad) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  constexpr int A = 8 / NV;
+  for (int64_t k = 0; k < K; ++k) {
+    T* dst = dplane + off[k];
+    for (int64_t j0 = 0; j0 < Lpad; j0 += NV * L) {
+      V acc[A][NV];
+      for (int a = 0; a < A; ++a)
+        for (int v = 0; v < NV; ++v) acc[a][v] = V{};
+      int64_t c = 0;
+      for (; c + A <= Cout; c += A) {
+        for (int a = 0; a < A; ++a) {
+          const T wv = w[(c + a) * K + k];
+          const T* gc = g + (c + a) * Lpad + j0;
+          for (int v = 0; v < NV; ++v) acc[a][v] += wv * vload<V>(gc + v * L);
+        }
+      }
+      for (int a = 0; a < A; ++a) {  // remaining channels, still one chain each
+        if (c + a >= Cout) break;
+        const T wv = w[(c + a) * K + k];
+        const T* gc = g + (c + a) * Lpad + j0;
+        for (int v = 0; v < NV; ++v) acc[a][v] += wv * vload<V>(gc + v * L);
+      }
+      for (int v = 0; v < NV; ++v) {
+        T* d = dst + j0 + v * L;
+        V sum = acc[0][v];
+        for (int a = 1; a < A; ++a) sum += acc[a][v];
+        vstore(d, vload<V>(d) + sum);
+      }
+    }
+  }
+}
+
+// All n channels of a correlation / weight gradient in register blocks (8 or 4, 2, 1).
+template <typename T, int NV>
+FD_ALWAYS_INLINE void corr_all_body(const T* plane, const int64_t* off, int64_t K, const T* w,
+                                    const T* bias, T* out, int64_t Lpad, int64_t n) {
+  int64_t c = 0;
+  if (NV == 1) {
+    for (; c + 8 <= n; c += 8)
+      corr_body<T, 8, 1>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+  }
+  for (; c + 4 <= n; c += 4)
+    corr_body<T, 4, NV>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+  for (; c + 2 <= n; c += 2)
+    corr_body<T, 2, NV>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+  for (; c < n; ++c) corr_body<T, 1, NV>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+}
+template <typename T, int NV>
+FD_ALWAYS_INLINE void wgrad_all_body(const T* plane, const int64_t* off, int64_t K, const T* g,
+                                     T* dw, int64_t Lpad, int64_t n) {
+  int64_t c = 0;
+  if (NV == 1) {
+    for (; c + 8 <= n; c += 8)
+      wgrad_body<T, 8, 1>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
+  }
+  for (; c + 4 <= n; c += 4) wgrad_body<T, 4, NV>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
+  for (; c + 2 <= n; c += 2) wgrad_body<T, 2, NV>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
+  for (; c < n; ++c) wgrad_body<T, 1, NV>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
+}
+
+// Weight gradient partials, kept as vectors (summed across lanes once per chunk of images, not
+// per image): dwv[c][k] += sum over vector blocks j of g[c][j] * plane[off[k] + j], for CB
+// channels (g rows Lpad apart, dwv rows K vectors apart) and KB taps. CB*KB accumulators, CB+KB
+// loads per CB*KB multiply-adds.
+template <typename T, int CB, int KB>
+FD_ALWAYS_INLINE void wgrad_block(const T* __restrict__ plane, const int64_t* __restrict__ off,
+                                  const T* __restrict__ g, T* __restrict__ dwv, int64_t K,
+                                  int64_t Lpad) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc[CB][KB];
+  for (int c = 0; c < CB; ++c)
+    for (int k = 0; k < KB; ++k) acc[c][k] = V{};
+  for (int64_t j = 0; j < Lpad; j += L) {
+    V xv[KB];
+    for (int k = 0; k < KB; ++k) xv[k] = vload<V>(plane + off[k] + j);
+    for (int c = 0; c < CB; ++c) {
+      const V gv = vload<V>(g + c * Lpad + j);
+      for (int k = 0; k < KB; ++k) acc[c][k] += gv * xv[k];
+    }
+  }
+  for (int c = 0; c < CB; ++c) {
+    for (int k = 0; k < KB; ++k) {
+      T* dst = dwv + (c * K + k) * L;
+      vstore(dst, vload<V>(dst) + acc[c][k]);
+    }
+  }
+}
+
+template <typename T>
+FD_ALWAYS_INLINE void wgrad_vec_body(const T* plane, const int64_t* off, int64_t K, const T* g,
+                                     T* dwv, int64_t Lpad, int64_t n) {
+  constexpr int L = Vec<T>::kLanes;
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    int64_t c = 0;
+    for (; c + 4 <= n; c += 4)
+      wgrad_block<T, 4, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+    for (; c < n; ++c)
+      wgrad_block<T, 1, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+  }
+  for (; k < K; ++k) {
+    int64_t c = 0;
+    for (; c + 4 <= n; c += 4)
+      wgrad_block<T, 4, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+    for (; c < n; ++c)
+      wgrad_block<T, 1, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+  }
+}
+FD_CPU_CLONES void wgrad_vec(const float* plane, const int64_t* off, int64_t K, const float* g,
+                             float* dwv, int64_t Lpad, int64_t n) {
+  wgrad_vec_body<float>(plane, off, K, g, dwv, Lpad, n);
+}
+FD_CPU_CLONES void wgrad_vec(const double* plane, const int64_t* off, int64_t K, const double* g,
+                             double* dwv, int64_t Lpad, int64_t n) {
+  wgrad_vec_body<double>(plane, off, K, g, dwv, Lpad, n);
+}
+
+// Input gradient for one tap position (ky, kx) and CI input channels at once:
+//   dplane[ci][tap + j] += sum_c w[c][ci][ky][kx] * g[c][j].
+// The CI destinations are whole planes apart (no overlapping read-modify-writes), each g load
+// feeds CI multiply-adds, and the channel sum runs in two interleaved chains per destination.
+template <typename T, int CI>
+FD_ALWAYS_INLINE void dgrad_block(T* __restrict__ dst, int64_t plane, const T* __restrict__ w,
+                                  int64_t wstride_ci, int64_t K, const T* __restrict__ g,
+                                  int64_t Cout, int64_t Lpad) {
+  using V = typename Vec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  for (int64_t j = 0; j < Lpad; j += L) {
+    V acc[2][CI];
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < CI; ++i) acc[h][i] = V{};
+    int64_t c = 0;
+    for (; c + 2 <= Cout; c += 2) {
+      for (int h = 0; h < 2; ++h) {
+        const V gv = vload<V>(g + (c + h) * Lpad + j);
+        const T* wc = w + (c + h) * K;
+        for (int i = 0; i < CI; ++i) acc[h][i] += wc[i * wstride_ci] * gv;
+      }
+    }
+    if (c < Cout) {
+      const V gv = vload<V>(g + c * Lpad + j);
+      const T* wc = w + c * K;
+      for (int i = 0; i < CI; ++i) acc[0][i] += wc[i * wstride_ci] * gv;
+    }
+    for (int i = 0; i < CI; ++i) {
+      T* d = dst + i * plane + j;
+      vstore(d, vload<V>(d) + (acc[0][i] + acc[1][i]));
+    }
+  }
+}
+
+template <typename T>
+FD_ALWAYS_INLINE void dgrad_ci_body(T* dplane, int64_t plane, int64_t WR, int64_t Cin,
+                                    int64_t KH, int64_t KW, const T* w, const T* g, int64_t Cout,
+                                    int64_t Lpad) {
+  const int64_t K = Cin * KH * KW;
+  const int64_t taps = KH * KW;
+  for (int64_t ky = 0; ky < KH; ++ky) {
+    for (int64_t kx = 0; kx < KW; ++kx) {
+      T* dst = dplane + ky * WR + kx;
+      const T* wk = w + ky * KW + kx;
+      int64_t ci = 0;
+      for (; ci + 4 <= Cin; ci += 4)
+        dgrad_block<T, 4>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+      for (; ci + 2 <= Cin; ci += 2)
+        dgrad_block<T, 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+      for (; ci < Cin; ++ci)
+        dgrad_block<T, 1>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+    }
+  }
+}
+FD_CPU_CLONES void dgrad_ci(float* dplane, int64_t plane, int64_t WR, int64_t Cin, int64_t KH,
+                            int64_t KW, const float* w, const float* g, int64_t Cout,
+                            int64_t Lpad) {
+  dgrad_ci_body<float>(dplane, plane, WR, Cin, KH, KW, w, g, Cout, Lpad);
+}
+FD_CPU_CLONES void dgrad_ci(double* dplane, int64_t plane, int64_t WR, int64_t Cin, int64_t KH,
+                            int64_t KW, const double* w, const double* g, int64_t Cout,
+                            int64_t Lpad) {
+  dgrad_ci_body<double>(dplane, plane, WR, Cin, KH, KW, w, g, Cout, Lpad);
+}
+
+// Non-template entry points (one per dtype and block width), each with AVX-512/AVX2 clones.
+#define FD_KERNELS(T, NV)                                                                      \
+  FD_CPU_CLONES void corr_all_##T##_##NV(const T* plane, const int64_t* off, int64_t K,       \
+                                         const T* w, const T* bias, T* out, int64_t Lpad,      \
+                                         int64_t n) {                                          \
+    corr_all_body<T, NV>(plane, off, K, w, bias, out, Lpad, n);                                \
+  }                                                                                            \
+  FD_CPU_CLONES void wgrad_all_##T##_##NV(const T* plane, const int64_t* off, int64_t K,      \
+                                          const T* g, T* dw, int64_t Lpad, int64_t n) {        \
+    wgrad_all_body<T, NV>(plane, off, K, g, dw, Lpad, n);                                      \
+  }                                                                                            \
+  FD_CPU_CLONES void dgrad_##T##_##NV(T* dplane, const int64_t* off, int64_t K, const T* w,   \
+                                      const T* g, int64_t Cout, int64_t Lpad) {                \
+    dgrad_body<T, NV>(dplane, off, K, w, g, Cout, Lpad);                                       \
+  }
+FD_KERNELS(float, 1)
+FD_KERNELS(float, 2)
+FD_KERNELS(double, 1)
+FD_KERNELS(double, 2)
+#undef FD_KERNELS
+
+// The kernels of one dtype at the block width picked for a map.
+template <typename T>
+struct Kernels {
+  int nv;
+  int64_t JB;
+  void corr(const T* plane, const int64_t* off, int64_t K, const T* w, const T* bias, T* out,
+            int64_t Lpad, int64_t n) const;
+  void wgrad(const T* plane, const int64_t* off, int64_t K, const T* g, T* dw, int64_t Lpad,
+             int64_t n) const;
+  void dgrad(T* dplane, const int64_t* off, int64_t K, const T* w, const T* g, int64_t Cout,
+             int64_t Lpad) const;
+};
+#define FD_BIND(T)                                                                             \
+  template <>                                                                                  \
+  void Kernels<T>::corr(const T* plane, const int64_t* off, int64_t K, const T* w,             \
+                        const T* bias, T* out, int64_t Lpad, int64_t n) const {                \
+    if (nv == 1) {                                                                             \
+      corr_all_##T##_1(plane, off, K, w, bias, out, Lpad, n);                                  \
+    } else {                                                                                   \
+      corr_all_##T##_2(plane, off, K, w, bias, out, Lpad, n);                                  \
+    }                                                                                          \
+  }                                                                                            \
+  template <>                                                                                  \
+  void Kernels<T>::wgrad(const T* plane, const int64_t* off, int64_t K, const T* g, T* dw,     \
+                         int64_t Lpad, int64_t n) const {                                      \
+    if (nv == 1) {                                                                             \
+      wgrad_all_##T##_1(plane, off, K, g, dw, Lpad, n);                                        \
+    } else {                                                                                   \
+      wgrad_all_##T##_2(plane, off, K, g, dw, Lpad, n);                                        \
+    }                                                                                          \
+  }                                                                                            \
+  template <>                                                                                  \
+  void Kernels<T>::dgrad(T* dplane, const int64_t* off, int64_t K, const T* w, const T* g,     \
+                         int64_t Cout, int64_t Lpad) const {                                   \
+    if (nv == 1) {                                                                             \
+      dgrad_##T##_1(dplane, off, K, w, g, Cout, Lpad);                                         \
+    } else {                                                                                   \
+      dgrad_##T##_2(dplane, off, K, w, g, Cout, Lpad);                                         \
+    }                                                                                          \
+  }
+FD_BIND(float)
+FD_BIND(double)
+#undef FD_BIND
+
+// Block width for a map: two vectors per block unless that pads a small map noticeably more.
+template <typename T>
+Kernels<T> pick_kernels(const ConvPoolDims& d) {
+  const int64_t lanes = Vec<T>::kLanes;
+  const int64_t WR = 2 * d.WP + d.KW - 1;
+  const int64_t L = (2 * d.HP - 1) * WR + 2 * d.WP;
+  const int64_t pad1 = (L + lanes - 1) / lanes * lanes;
+  const int64_t pad2 = (L + 2 * lanes - 1) / (2 * lanes) * (2 * lanes);
+  Kernels<T> k;
+  k.nv = (pad2 - pad1) * 16 > L ? 1 : 2;  // > ~6% more padding: single-vector blocks
+  k.JB = k.nv * lanes;
+  return k;
+}
+
+// Integer lanes matching Vec<T> (comparison results).
+template <typename T>
+struct IVec;
+template <>
+struct IVec<float> {
+  typedef int32_t type __attribute__((vector_size(64)));
+};
+template <>
+struct IVec<double> {
+  typedef int64_t type __attribute__((vector_size(64)));
+};
+
+// One 2x2 window by ATen's max_pool2d rule (scan order; a later value wins if greater or NaN).
+template <typename T>
+FD_ALWAYS_INLINE void pool_one(const T* r0, const T* r1, bool relu, T* out, uint8_t* code) {
+  const T v[4] = {r0[0], r0[1], r1[0], r1[1]};
+  T best = v[0];
+  int a = 0;
+  for (int i = 1; i < 4; ++i) {
+    if (v[i] > best || std::isnan(v[i])) {
+      best = v[i];
+      a = i;
+    }
+  }
+  if (relu && !(best > T(0))) {
+    *out = T(0);
+    *code = kConvPoolInactive;
+  } else {
+    *out = best;
+    *code = static_cast<uint8_t>(a);
+  }
+}
+
+// All HP rows of 2x2 windows of one conv-output map (rows WR apart, L values): max, code and
+// optional ReLU. Finite maps (checked with one vectorized sum) take the vector path: a vector
+// of windows at a time, even/odd columns split by shuffles, the code of the first maximum by
+// equality tests; others the scalar rule. Reads up to 2 * ceil(WP / lanes) * lanes columns of
+// each row (the caller's buffer has that slack); writes only the WP outputs of each row.
+template <typename T>
+FD_ALWAYS_INLINE void pool_map_body(const T* __restrict__ o, int64_t WR, int64_t HP, int64_t WP,
+                                    int64_t L_map, bool relu, T* __restrict__ out,
+                                    uint8_t* __restrict__ code) {
+  using V = typename Vec<T>::type;
+  using I = typename IVec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  V acc = V{};
+  int64_t j = 0;
+  for (; j + L <= L_map; j += L) acc += vload<V>(o + j);
+  T total = 0;
+  for (int i = 0; i < L; ++i) total += acc[i];
+  for (; j < L_map; ++j) total += o[j];
+  if (!std::isfinite(total)) {
+    for (int64_t r = 0; r < HP; ++r)
+      for (int64_t q = 0; q < WP; ++q)
+        pool_one(o + 2 * r * WR + 2 * q, o + (2 * r + 1) * WR + 2 * q, relu, out + r * WP + q,
+                 code + r * WP + q);
+    return;
+  }
+  for (int64_t r = 0; r < HP; ++r) {
+    const T* r0 = o + 2 * r * WR;
+    const T* r1 = r0 + WR;
+    for (int64_t q = 0; q < WP; q += L) {
+      const int64_t n = std::min<int64_t>(L, WP - q);
+      const V a0 = vload<V>(r0 + 2 * q), a1 = vload<V>(r0 + 2 * q + L);
+      const V b0 = vload<V>(r1 + 2 * q), b1 = vload<V>(r1 + 2 * q + L);
+      V e0, o0, e1, o1;
+      if constexpr (L == 16) {
+        e0 = __builtin_shufflevector(a0, a1, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
+                                     30);
+        o0 = __builtin_shufflevector(a0, a1, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                     29, 31);
+        e1 = __builtin_shufflevector(b0, b1, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                     28, 30);
+        o1 = __builtin_shufflevector(b0, b1, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                     29, 31);
+      } else {
+        e0 = __builtin_shufflevector(a0, a1, 0, 2, 4, 6, 8, 10, 12, 14);
+        o0 = __builtin_shufflevector(a0, a1, 1, 3, 5, 7, 9, 11, 13, 15);
+        e1 = __builtin_shufflevector(b0, b1, 0, 2, 4, 6, 8, 10, 12, 14);
+        o1 = __builtin_shufflevector(b0, b1, 1, 3, 5, 7, 9, 11, 13, 15);
+      }
+      V m = o0 > e0 ? o0 : e0;
+      m = e1 > m ? e1 : m;
+      m = o1 > m ? o1 : m;
+      I c = e0 == m ? I{} : (o0 == m ? I{} + 1 : (e1 == m ? I{} + 2 : I{} + 3));
+      if (relu) {
+        const I on = m > V{};
+        m = on ? m : V{};
+        c = on ? c : I{} + kConvPoolInactive;
+      }
+      T vals[L];
+      vstore(vals, m);
+      for (int64_t i = 0; i < n; ++i) {
+        out[r * WP + q + i] = vals[i];
+        code[r * WP + q + i] = static_cast<uint8_t>(c[i]);
+      }
+    }
+  }
+}
+FD_CPU_CLONES void pool_map(const float* o, int64_t WR, int64_t HP, int64_t WP, int64_t L_map,
+                            bool relu, float* out, uint8_t* code) {
+  pool_map_body<float>(o, WR, HP, WP, L_map, relu, out, code);
+}
+FD_CPU_CLONES void pool_map(const double* o, int64_t WR, int64_t HP, int64_t WP, int64_t L_map,
+                            bool relu, double* out, uint8_t* code) {
+  pool_map_body<double>(o, WR, HP, WP, L_map, relu, out, code);
+}
+
+// The conv-output values at each window's coded position (0 where inactive), branch-free.
+template <typename T>
+FD_ALWAYS_INLINE void pick_map_body(const T* __restrict__ o, const uint8_t* __restrict__ code,
+                                    int64_t WR, int64_t HP, int64_t WP, T* __restrict__ out) {
+  for (int64_t r = 0; r < HP; ++r) {
+    for (int64_t q = 0; q < WP; ++q) {
+      const uint8_t a = code[r * WP + q];
+      const bool on = a != kConvPoolInactive;
+      const int64_t s = on ? (a >> 1) * WR + (a & 1) : 0;
+      const T v = o[2 * r * WR + 2 * q + s];
+      out[r * WP + q] = on ? v : T(0);
+    }
+  }
+}
+FD_CPU_CLONES void pick_map(const float* o, const uint8_t* code, int64_t WR, int64_t HP,
+                            int64_t WP, float* out) {
+  pick_map_body<float>(o, code, WR, HP, WP, out);
+}
+FD_CPU_CLONES void pick_map(const double* o, const uint8_t* code, int64_t WR, int64_t HP,
+                            int64_t WP, double* out) {
+  pick_map_body<double>(o, code, WR, HP, WP, out);
+}
+
+// Scatter one channel's pooled gradients into the flattened conv-output layout. Wide maps: a
+// vector of windows at a time, each writing its four positions (the gradient at the coded
+// one, zeros elsewhere; inactive windows all zeros), so nothing needs clearing (columns
+// x >= 2*WP are only ever written with zeros; rows go in order, so a store running past its row
+// is overwritten by the next one; needs 4 * lanes of slack after the map). Narrow maps: clear,
+// then one store per window. Returns the sum (the bias gradient).
+template <typename T>
+FD_ALWAYS_INLINE T scatter_map_body(const T* __restrict__ grad, const uint8_t* __restrict__ code,
+                                    int64_t WR, int64_t HP, int64_t WP, T* __restrict__ gd) {
+  using V = typename Vec<T>::type;
+  using I = typename IVec<T>::type;
+  constexpr int L = Vec<T>::kLanes;
+  if (2 * WP < L) {  // narrow maps: clear the map, then one store per window, branch-free
+    std::fill(gd, gd + (2 * HP - 1) * WR + 2 * WP, T(0));
+    T sum = 0;
+    for (int64_t r = 0; r < HP; ++r) {
+      for (int64_t q = 0; q < WP; ++q) {
+        const uint8_t a = code[r * WP + q];
+        const bool on = a != kConvPoolInactive;
+        const T gv = on ? grad[r * WP + q] : T(0);
+        const int64_t s = on ? (a >> 1) * WR + (a & 1) : 0;  // inactive: 0 at its own window
+        gd[2 * r * WR + 2 * q + s] = gv;
+        sum += gv;
+      }
+    }
+    return sum;
+  }
+  V total = V{};
+  for (int64_t r = 0; r < HP; ++r) {
+    T* row0 = gd + 2 * r * WR;
+    T* row1 = row0 + WR;
+    for (int64_t q = 0; q < WP; q += L) {
+      const int64_t n = std::min<int64_t>(L, WP - q);
+      T gbuf[L];
+      typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type cbuf[L];
+      for (int i = 0; i < L; ++i) {
+        const bool in = i < n;
+        const uint8_t a = in ? code[r * WP + q + i] : kConvPoolInactive;
+        gbuf[i] = in ? grad[r * WP + q + i] : T(0);
+        cbuf[i] = a;
+      }
+      V g = vload<V>(gbuf);
+      I c;
+      std::memcpy(&c, cbuf, sizeof(c));
+      g = c == I{} + kConvPoolInactive ? V{} : g;
+      total += g;
+      const V v0 = c == I{} ? g : V{};
+      const V v1 = c == I{} + 1 ? g : V{};
+      const V v2 = c == I{} + 2 ? g : V{};
+      const V v3 = c == I{} + 3 ? g : V{};
+      V lo0, hi0, lo1, hi1;
+      if constexpr (L == 16) {
+        lo0 = __builtin_shufflevector(v0, v1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
+                                      23);
+        hi0 = __builtin_shufflevector(v0, v1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14,
+                                      30, 15, 31);
+        lo1 = __builtin_shufflevector(v2, v3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7,
+                                      23);
+        hi1 = __builtin_shufflevector(v2, v3, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14,
+                                      30, 15, 31);
+      } else {
+        lo0 = __builtin_shufflevector(v0, v1, 0, 8, 1, 9, 2, 10, 3, 11);
+        hi0 = __builtin_shufflevector(v0, v1, 4, 12, 5, 13, 6, 14, 7, 15);
+        lo1 = __builtin_shufflevector(v2, v3, 0, 8, 1, 9, 2, 10, 3, 11);
+        hi1 = __builtin_shufflevector(v2, v3, 4, 12, 5, 13, 6, 14, 7, 15);
+      }
+      vstore(row0 + 2 * q, lo0);
+      vstore(row0 + 2 * q + L, hi0);
+      vstore(row1 + 2 * q, lo1);
+      vstore(row1 + 2 * q + L, hi1);
+    }
+  }
+  T sum = 0;
+  for (int i = 0; i < L; ++i) sum += total[i];
+  return sum;
+}
+FD_CPU_CLONES float scatter_map(const float* grad, const uint8_t* code, int64_t WR, int64_t HP,
+                                int64_t WP, float* gd) {
+  return scatter_map_body<float>(grad, code, WR, HP, WP, gd);
+}
+FD_CPU_CLONES double scatter_map(const double* grad, const uint8_t* code, int64_t WR, int64_t HP,
+                                 int64_t WP, double* gd) {
+  return scatter_map_body<double>(grad, code, WR, HP, WP, gd);
+}
+
+
+// Images per parallel task: small calls (the ten-image inner steps) stay on one thread, where a
+// parallel region would cost more than it saves.
+int64_t image_grain(const ConvPoolDims& d, const Flat& f) {
+  const int64_t per_image = d.B * d.Cout * d.K() * f.Lpad;  // multiply-adds
+  constexpr int64_t kMinWork = int64_t(1) << 23;
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(per_image, 1));
+}
+
+// ------------------------------------------------------------------------------- forward
+template <typename T>
+void forward_kernel(const ConvPoolParams& p) {
+  const ConvPoolDims& d = p.d;
+  const Kernels<T> kn = pick_kernels<T>(d);
+  const Flat f = flat_geometry(d, kn.JB);
+  const std::vector<int64_t> off = tap_offsets(d, f);
+  const int64_t K = d.K();
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.w);
+  const T* b = static_cast<const T*>(p.b);
+  T* out = static_cast<T*>(p.out);
+  uint8_t* code = p.code_out;
+  const int64_t pooled = d.HP * d.WP;
+  at::parallel_for(0, d.N, image_grain(d, f), [&](int64_t n0, int64_t n1) {
+    std::vector<T> plane(static_cast<size_t>(f.buf));
+    // Slack: the vectorized pooling reads whole vectors past the last window of a row.
+    std::vector<T> conv(static_cast<size_t>(kBlock * f.Lpad + 4 * Vec<T>::kLanes));
+    std::vector<T> zeros(kBlock, T(0));
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t bi = 0; bi < d.B; ++bi) {
+        const int64_t g = d.G == 1 ? 0 : bi;
+        if (bi == 0 || d.G != 1) {
+          fill_planes(plane.data(), x + (n * d.G + g) * d.Cin * d.H * d.W, d, f);
+        }
+        for (int64_t c0 = 0; c0 < d.Cout; c0 += kBlock) {
+          const int64_t nc = std::min<int64_t>(kBlock, d.Cout - c0);
+          const T* wc = w + (bi * d.Cout + c0) * K;
+          const T* bc = b != nullptr ? b + bi * d.Cout + c0 : zeros.data();
+          kn.corr(plane.data(), off.data(), K, wc, bc, conv.data(), f.Lpad, nc);
+          for (int64_t c = 0; c < nc; ++c) {
+            const T* o = conv.data() + c * f.Lpad;
+            const int64_t base = ((n * d.B + bi) * d.Cout + c0 + c) * pooled;
+            pool_map(o, f.WR, d.HP, d.WP, f.L, p.relu, out + base, code + base);
+          }
+        }
+      }
+    }
+  });
+}
+
+// -------------------------------------------------------------------------------- gather
+template <typename T>
+void gather_kernel(const ConvPoolParams& p) {
+  // The dense vectorized correlation, then a pick at each coded position: cheaper than a
+  // scalar dot product per position once a quarter of the positions or more are wanted.
+  const ConvPoolDims& d = p.d;
+  const Kernels<T> kn = pick_kernels<T>(d);
+  const Flat f = flat_geometry(d, kn.JB);
+  const std::vector<int64_t> off = tap_offsets(d, f);
+  const int64_t K = d.K();
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.w);
+  const T* b = static_cast<const T*>(p.b);
+  const uint8_t* code = p.code;
+  T* out = static_cast<T*>(p.out);
+  const int64_t pooled = d.HP * d.WP;
+  at::parallel_for(0, d.N, image_grain(d, f), [&](int64_t n0, int64_t n1) {
+    std::vector<T> plane(static_cast<size_t>(f.buf));
+    std::vector<T> conv(static_cast<size_t>(kBlock * f.Lpad));
+    std::vector<T> zeros(kBlock, T(0));
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t bi = 0; bi < d.B; ++bi) {
+        const int64_t g = d.G == 1 ? 0 : bi;
+        if (bi == 0 || d.G != 1) {
+          fill_planes(plane.data(), x + (n * d.G + g) * d.Cin * d.H * d.W, d, f);
+        }
+        for (int64_t c0 = 0; c0 < d.Cout; c0 += kBlock) {
+          const int64_t nc = std::min<int64_t>(kBlock, d.Cout - c0);
+          const T* wc = w + (bi * d.Cout + c0) * K;
+          const T* bc = b != nullptr ? b + bi * d.Cout + c0 : zeros.data();
+          kn.corr(plane.data(), off.data(), K, wc, bc, conv.data(), f.Lpad, nc);
+          for (int64_t c = 0; c < nc; ++c) {
+            const T* o = conv.data() + c * f.Lpad;
+            const int64_t base = ((n * d.B + bi) * d.Cout + c0 + c) * pooled;
+            pick_map(o, code + base, f.WR, d.HP, d.WP, out + base);
+          }
+        }
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------ backward
+constexpr int64_t kMaxChunks = 32;  // weight-gradient partial sums (fixed: deterministic)
+
+template <typename T>
+void backward_kernel(const ConvPoolParams& p) {
+  using acc_t = double;
+  const ConvPoolDims& d = p.d;
+  constexpr int64_t lanes = Vec<T>::kLanes;
+  Kernels<T> kn = pick_kernels<T>(d);
+  kn.nv = 1;  // the backward kernels have enough independent chains at one vector per block
+  kn.JB = lanes;
+  const Flat f = flat_geometry(d, kn.JB);
+  const std::vector<int64_t> off = tap_offsets(d, f);
+  const int64_t K = d.K();
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.w);
+  const T* grad = static_cast<const T*>(p.grad);
+  const uint8_t* code = p.code;
+  T* dx = static_cast<T*>(p.dx);
+  const bool need_w = p.dw != nullptr;
+  const bool need_b = p.db != nullptr;
+  const int64_t pooled = d.HP * d.WP;
+  const int64_t nw = d.B * d.Cout * K;
+  const int64_t nb = d.B * d.Cout;
+  // Fixed by N alone (deterministic for any thread count); >= 8 images per chunk so that the
+  // per-chunk partials stay small next to the work.
+  // Partials of one chunk: nw * lanes values; all chunks together stay within ~32 MB.
+  const int64_t chunk_bytes = nw * lanes * static_cast<int64_t>(sizeof(T));
+  const int64_t by_memory = (int64_t(32) << 20) / std::max<int64_t>(1, chunk_bytes);
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>({d.N / 8, kMaxChunks, by_memory}));
+  std::vector<T> part_w(need_w ? static_cast<size_t>(chunks * nw * lanes) : 0, T(0));
+  std::vector<T> part_b(need_b ? static_cast<size_t>(chunks * nb) : 0, T(0));
+  const int64_t grain = std::max<int64_t>(1, image_grain(d, f) * chunks / std::max<int64_t>(d.N, 1));
+  at::parallel_for(0, chunks, grain, [&](int64_t ch0, int64_t ch1) {
+    std::vector<T> plane(need_w ? static_cast<size_t>(f.buf) : 0);
+    std::vector<T> dplane(dx != nullptr ? static_cast<size_t>(f.buf) : 0);
+    // Zeroed once: the scatter rewrites every window position of every map, and zeros the
+    // columns it runs over; 4 vectors of slack for its stores past the last row.
+    std::vector<T> gd(static_cast<size_t>(d.Cout * f.Lpad + 4 * lanes), T(0));
+    for (int64_t ch = ch0; ch < ch1; ++ch) {
+      T* pw = need_w ? part_w.data() + ch * nw * lanes : nullptr;  // per-lane partials
+      T* pb = need_b ? part_b.data() + ch * nb : nullptr;
+      for (int64_t n = ch * d.N / chunks; n < (ch + 1) * d.N / chunks; ++n) {
+        for (int64_t bi = 0; bi < d.B; ++bi) {
+          const int64_t g = d.G == 1 ? 0 : bi;
+          const bool first_of_input = bi == 0 || d.G != 1;
+          if (need_w && first_of_input) {
+            fill_planes(plane.data(), x + (n * d.G + g) * d.Cin * d.H * d.W, d, f);
+          }
+          if (dx != nullptr && first_of_input) std::fill(dplane.begin(), dplane.end(), T(0));
+          // Scatter the pooled gradients into the flattened conv-output layout.
+          for (int64_t c = 0; c < d.Cout; ++c) {
+            const int64_t base = ((n * d.B + bi) * d.Cout + c) * pooled;
+            const T sb = scatter_map(grad + base, code + base, f.WR, d.HP, d.WP,
+                                     gd.data() + c * f.Lpad);
+            if (pb != nullptr) pb[bi * d.Cout + c] += sb;
+          }
+          {
+            const T* wb = w + bi * d.Cout * K;
+            if (need_w) {
+              T* dwb = pw + bi * d.Cout * K * lanes;
+              wgrad_vec(plane.data(), off.data(), K, gd.data(), dwb, f.Lpad, d.Cout);
+            }
+            if (dx != nullptr) {
+              if (d.Cin >= 2) {  // block input channels
+                dgrad_ci(dplane.data(), f.plane, f.WR, d.Cin, d.KH, d.KW, wb, gd.data(), d.Cout,
+                         f.Lpad);
+              } else {  // one input channel: block output channels
+                kn.dgrad(dplane.data(), off.data(), K, wb, gd.data(), d.Cout, f.Lpad);
+              }
+            }
+          }
+          const bool last_of_input = d.G != 1 || bi == d.B - 1;
+          if (dx != nullptr && last_of_input) {  // crop the padded planes into dx
+            T* dst = dx + (n * d.G + g) * d.Cin * d.H * d.W;
+            for (int64_t ci = 0; ci < d.Cin; ++ci) {
+              for (int64_t iy = 0; iy < d.H; ++iy) {
+                const int64_t r = iy + d.ph;
+                for (int64_t ix = 0; ix < d.W; ++ix) {
+                  const int64_t cc = ix + d.pw;
+                  dst[(ci * d.H + iy) * d.W + ix] =
+                      (r < f.HR && cc < f.WR) ? dplane[ci * f.plane + r * f.WR + cc] : T(0);
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  // Chunk partials added in chunk order (accumulated in double).
+  if (need_w) {
+    T* dw = static_cast<T*>(p.dw);
+    for (int64_t i = 0; i < nw; ++i) {
+      acc_t s = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) {
+        const T* v = part_w.data() + (ch * nw + i) * lanes;
+        T t = 0;
+        for (int64_t l = 0; l < lanes; ++l) t += v[l];
+        s += t;
+      }
+      dw[i] = static_cast<T>(s);
+    }
+  }
+  if (need_b) {
+    T* db = static_cast<T*>(p.db);
+    for (int64_t i = 0; i < nb; ++i) {
+      acc_t s = 0;
+      for (int64_t ch = 0; ch < chunks; ++ch) s += part_b[ch * nb + i];
+      db[i] = static_cast<T>(s);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------ host code
+ConvPoolParams make_params(const ConvPoolDims& d, const at::Tensor& x) {
+  ConvPoolParams p{};
+  p.d = d;
+  p.dtype = to_dtype(x.scalar_type());
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_pool_forward_cpu(const at::Tensor& x, const at::Tensor& w,
+                                                         const std::optional<at::Tensor>& b,
+                                                         c10::IntArrayRef padding, bool relu) {
+  constexpr const char* op = "fastdistill::conv_pool_forward";
+  const ConvPoolDims d = conv_pool_dims(op, x, w, b, padding, c10::DeviceType::CPU);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor wc = w.contiguous();
+  const bool has_b = b.has_value() && b->defined();
+  const at::Tensor bc = has_b ? b->contiguous() : at::Tensor();
+  at::Tensor out = at::empty({d.N, d.B * d.Cout, d.HP, d.WP}, x.options());
+  at::Tensor code = at::empty({d.N, d.B * d.Cout, d.HP, d.WP}, x.options().dtype(at::kByte));
+  if (out.numel() == 0) return std::make_tuple(out, code);
+  ConvPoolParams p = make_params(d, x);
+  p.x = xc.const_data_ptr();
+  p.w = wc.const_data_ptr();
+  p.b = has_b ? bc.const_data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  p.code_out = code.data_ptr<uint8_t>();
+  p.relu = relu;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_forward_cpu",
+                             [&] { forward_kernel<scalar_t>(p); });
+  return std::make_tuple(out, code);
+}
+
+at::Tensor conv_pool_gather_cpu(const at::Tensor& x, const at::Tensor& w,
+                                const std::optional<at::Tensor>& b, const at::Tensor& code,
+                                c10::IntArrayRef padding) {
+  constexpr const char* op = "fastdistill::conv_pool_gather";
+  const ConvPoolDims d = conv_pool_dims(op, x, w, b, padding, c10::DeviceType::CPU);
+  check_conv_pool_code(op, d, code, x, nullptr);
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor wc = w.contiguous();
+  const at::Tensor cc = code.contiguous();
+  const bool has_b = b.has_value() && b->defined();
+  const at::Tensor bc = has_b ? b->contiguous() : at::Tensor();
+  at::Tensor out = at::empty(code.sizes(), x.options());
+  if (out.numel() == 0) return out;
+  ConvPoolParams p = make_params(d, x);
+  p.x = xc.const_data_ptr();
+  p.w = wc.const_data_ptr();
+  p.b = has_b ? bc.const_data_ptr() : nullptr;
+  p.code = cc.const_data_ptr<uint8_t>();
+  p.out = out.data_ptr();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_gather_cpu",
+                             [&] { gather_kernel<scalar_t>(p); });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w, const at::Tensor& code,
+    c10::IntArrayRef padding, std::array<bool, 3> mask) {
+  constexpr const char* op = "fastdistill::conv_pool_backward";
+  const ConvPoolDims d = conv_pool_dims(op, x, w, std::nullopt, padding, c10::DeviceType::CPU);
+  check_conv_pool_code(op, d, code, x, &grad);
+  const at::Tensor gc = grad.contiguous();
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor wc = w.contiguous();
+  const at::Tensor cc = code.contiguous();
+  at::Tensor dx = mask[0] ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor dw = mask[1] ? at::empty(w.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor db = mask[2] ? at::empty({d.B, d.Cout}, x.options()) : at::empty({0}, x.options());
+  if (d.N == 0 || d.HP == 0 || d.WP == 0) {
+    dx.zero_();
+    dw.zero_();
+    db.zero_();
+    return std::make_tuple(dx, dw, db);
+  }
+  ConvPoolParams p = make_params(d, x);
+  p.grad = gc.const_data_ptr();
+  p.x = xc.const_data_ptr();
+  p.w = wc.const_data_ptr();
+  p.code = cc.const_data_ptr<uint8_t>();
+  p.dx = mask[0] ? dx.data_ptr() : nullptr;
+  p.dw = mask[1] ? dw.data_ptr() : nullptr;
+  p.db = mask[2] ? db.data_ptr() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_backward_cpu",
+                             [&] { backward_kernel<scalar_t>(p); });
+  return std::make_tuple(dx, dw, db);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdistill, CPU, m) {
+  m.impl("conv_pool_forward", &conv_pool_forward_cpu);
+  m.impl("conv_pool_gather", &conv_pool_gather_cpu);
+  m.impl("conv_pool_backward", &conv_pool_backward_cpu);
+}
+
+}  // namespace fastdistill

@@ -1,0 +1,415 @@
+// fastdistill::seq_step: the fused inner step (gradient, Hessian-vector products) or the outer
+// value-and-gradient of a sequential net, one C++ call per step instead of ~150 Python-level op
+// calls. Same math as fastdistill/engine/fused_step.py (which documents it and is the fallback):
+// a primal forward, the forward tangent along v, the loss gradient and its tangent, and one
+// backward sweep carrying the cotangent and its tangent. Layers: conv + 2x2 max pool (+ ReLU)
+// on the conv_pool kernels, flatten, linear, ReLU, tanh; B nets at once.
+//
+// Composite (ATen and dispatcher calls only), registered for the CPU and CUDA keys: the same code
+// runs on both. Not differentiable (callers run it without a graph).
+//
+// spec: layer records, concatenated:
+//   1 w_off b_off Cout Cin KH KW ph pw relu   conv2d (stride 1) + maxpool 2x2/2 (+ ReLU)
+//   2                                         flatten
+//   3 w_off b_off out in                      linear
+//   4                                         ReLU
+//   5                                         tanh
+// (b_off = -1: no bias). loss: "soft", "softmax", "binary" (inner losses, y the labels; the
+// outputs are gradients of the SUM over nets) or "ce", "bce" (outer losses, y the targets; the
+// gradients of the MEAN over nets). Outputs not asked for come back empty.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace fastdistill {
+namespace {
+
+using at::Tensor;
+
+enum class Layout { kShared, kGrouped, kDense };
+
+struct Layer {
+  int64_t type = 0;
+  int64_t w_off = -1, b_off = -1;
+  std::vector<int64_t> wshape;  // without the nets dimension
+  std::vector<int64_t> pad;     // conv: (ph, pw)
+  bool relu = false;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : wshape) n *= s;
+    return n;
+  }
+};
+
+struct Ctx {
+  Tensor a, out, code, W, b, V, vb, ad, a3;
+  Layout layout_in = Layout::kShared;
+  std::vector<int64_t> shape_in;
+};
+
+std::vector<Layer> parse(c10::IntArrayRef spec) {
+  constexpr const char* op = "fastdistill::seq_step";
+  std::vector<Layer> layers;
+  size_t i = 0;
+  auto need = [&](size_t n) {
+    TORCH_CHECK_VALUE(i + n <= spec.size(), op, ": truncated layer record in `spec`");
+  };
+  while (i < spec.size()) {
+    Layer l;
+    l.type = spec[i];
+    if (l.type == 1) {
+      need(10);
+      l.w_off = spec[i + 1];
+      l.b_off = spec[i + 2];
+      l.wshape = {spec[i + 3], spec[i + 4], spec[i + 5], spec[i + 6]};
+      l.pad = {spec[i + 7], spec[i + 8]};
+      l.relu = spec[i + 9] != 0;
+      i += 10;
+    } else if (l.type == 3) {
+      need(5);
+      l.w_off = spec[i + 1];
+      l.b_off = spec[i + 2];
+      l.wshape = {spec[i + 3], spec[i + 4]};
+      i += 5;
+    } else {
+      TORCH_CHECK_VALUE(l.type == 2 || l.type == 4 || l.type == 5, op,
+                        ": unknown layer type in `spec`");
+      i += 1;
+    }
+    layers.push_back(std::move(l));
+  }
+  return layers;
+}
+
+// [B, *shape] view of a parameter inside a [B, P] buffer.
+Tensor pview(const Tensor& flat, int64_t off, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  std::vector<int64_t> full{flat.size(0)};
+  full.insert(full.end(), shape.begin(), shape.end());
+  return flat.narrow(1, off, n).view(full);
+}
+
+using FwdFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                         c10::IntArrayRef, bool);
+using GatherFn = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
+                        c10::IntArrayRef);
+using BwdFn = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                 const Tensor&, c10::IntArrayRef,
+                                                 std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<FwdFn>& cp_forward() {
+  static const auto h = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("fastdistill::conv_pool_forward", "")
+                            .typed<FwdFn>();
+  return h;
+}
+const c10::TypedOperatorHandle<GatherFn>& cp_gather() {
+  static const auto h = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("fastdistill::conv_pool_gather", "")
+                            .typed<GatherFn>();
+  return h;
+}
+const c10::TypedOperatorHandle<BwdFn>& cp_backward() {
+  static const auto h = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("fastdistill::conv_pool_backward", "")
+                            .typed<BwdFn>();
+  return h;
+}
+
+std::optional<Tensor> opt(const Tensor& t) {
+  return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
+}
+
+struct Run {
+  int64_t B;
+  Tensor w, v;
+  bool hvp;
+};
+
+// ------------------------------------------------------------------------------- layers
+void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
+  constexpr const char* op = "fastdistill::seq_step";
+  c.a = a;
+  c.layout_in = layout;
+  c.shape_in = a.sizes().vec();
+  switch (l.type) {
+    case 1: {
+      TORCH_CHECK_VALUE(layout != Layout::kDense && a.dim() == 4, op,
+                        ": conv layer on a flat activation");
+      c.W = pview(r.w, l.w_off, l.wshape);
+      if (l.b_off >= 0) c.b = pview(r.w, l.b_off, {l.wshape[0]});
+      auto [out, code] = cp_forward().call(a, c.W, opt(c.b), l.pad, l.relu);
+      c.code = code;
+      a = out;
+      layout = Layout::kGrouped;
+      break;
+    }
+    case 2: {
+      if (layout == Layout::kShared) {
+        a = a.flatten(1);
+      } else if (layout == Layout::kGrouped) {
+        a = a.reshape({a.size(0), r.B, -1}).transpose(0, 1);
+        layout = Layout::kDense;
+      }
+      break;
+    }
+    case 3: {
+      TORCH_CHECK_VALUE(layout != Layout::kGrouped &&
+                            a.dim() == (layout == Layout::kShared ? 2 : 3),
+                        op, ": linear layer on a non-flat activation");
+      c.W = pview(r.w, l.w_off, l.wshape);
+      c.a3 = layout == Layout::kShared ? a.expand({r.B, a.size(0), a.size(1)}) : a;
+      if (l.b_off >= 0) {
+        c.b = pview(r.w, l.b_off, {l.wshape[0]});
+        a = at::baddbmm(c.b.unsqueeze(1), c.a3, c.W.transpose(1, 2));
+      } else {
+        a = at::bmm(c.a3, c.W.transpose(1, 2));
+      }
+      layout = Layout::kDense;
+      break;
+    }
+    case 4:
+      a = at::relu(a);
+      break;
+    case 5:
+      a = at::tanh(a);
+      break;
+  }
+  c.out = a;
+}
+
+Tensor tangent(const Run& r, const Layer& l, Ctx& c, const Tensor& ad) {
+  c.ad = ad;
+  switch (l.type) {
+    case 1: {
+      c.V = pview(r.v, l.w_off, l.wshape);
+      if (l.b_off >= 0) c.vb = pview(r.v, l.b_off, {l.wshape[0]});
+      Tensor t = cp_gather().call(c.a, c.V, opt(c.vb), c.code, l.pad);
+      if (ad.defined()) t.add_(cp_gather().call(ad, c.W, std::nullopt, c.code, l.pad));
+      return t;
+    }
+    case 2:
+      if (!ad.defined()) return ad;
+      if (c.layout_in == Layout::kGrouped)
+        return ad.reshape({ad.size(0), r.B, -1}).transpose(0, 1);
+      return c.layout_in == Layout::kShared ? ad.flatten(1) : ad;
+    case 3: {
+      c.V = pview(r.v, l.w_off, l.wshape);
+      Tensor t;
+      if (l.b_off >= 0) {
+        c.vb = pview(r.v, l.b_off, {l.wshape[0]});
+        t = at::baddbmm(c.vb.unsqueeze(1), c.a3, c.V.transpose(1, 2));
+      } else {
+        t = at::bmm(c.a3, c.V.transpose(1, 2));
+      }
+      if (ad.defined()) t = at::baddbmm(t, ad, c.W.transpose(1, 2));
+      return t;
+    }
+    case 4:
+      return ad.defined() ? at::threshold_backward(ad, c.out, 0) : ad;
+    case 5:
+      return ad.defined() ? at::tanh_backward(ad, c.out) : ad;
+  }
+  return ad;
+}
+
+struct Grads {
+  Tensor d_in, dd_in;
+  std::vector<std::pair<int64_t, Tensor>> g, hv;  // (offset in w, gradient)
+};
+
+Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tensor& dd,
+               bool need_in, bool need_tin) {
+  Grads out;
+  const int64_t B = r.B;
+  const bool tan = dd.defined();
+  switch (l.type) {
+    case 1: {
+      const bool has_b = l.b_off >= 0;
+      auto [d_in, gw, gb] = cp_backward().call(d, c.a, c.W, c.code, l.pad, {need_in, true, has_b});
+      out.g.emplace_back(l.w_off, gw);
+      if (has_b) out.g.emplace_back(l.b_off, gb);
+      if (need_in) out.d_in = d_in;
+      if (tan) {
+        auto [t_in, tgw, tgb] =
+            cp_backward().call(dd, c.a, c.W, c.code, l.pad, {need_tin, true, has_b});
+        const bool ad = c.ad.defined();
+        if (need_tin || ad) {
+          auto r2 = cp_backward().call(d, ad ? c.ad : c.a, c.V, c.code, l.pad,
+                                       {need_tin, ad, false});
+          const Tensor& t_in2 = std::get<0>(r2);
+          const Tensor& tgw2 = std::get<1>(r2);
+          if (ad) tgw.add_(tgw2);
+          if (need_tin) t_in.add_(t_in2);
+        }
+        out.hv.emplace_back(l.w_off, tgw);
+        if (has_b) out.hv.emplace_back(l.b_off, tgb);
+        if (need_tin) out.dd_in = t_in;
+      }
+      break;
+    }
+    case 2: {
+      auto back = [&](const Tensor& t) {
+        if (c.layout_in == Layout::kGrouped) return t.transpose(0, 1).reshape(c.shape_in);
+        return t.reshape(c.shape_in);
+      };
+      if (need_in) out.d_in = back(d);
+      if (tan && need_tin) out.dd_in = back(dd);
+      break;
+    }
+    case 3: {
+      const bool has_b = l.b_off >= 0;
+      const Tensor dT = d.transpose(1, 2);
+      out.g.emplace_back(l.w_off, at::bmm(dT, c.a3));
+      if (has_b) out.g.emplace_back(l.b_off, d.sum(1));
+      if (need_in) out.d_in = at::bmm(d, c.W);
+      if (tan) {
+        Tensor gw = at::bmm(dd.transpose(1, 2), c.a3);
+        if (c.ad.defined()) gw = at::baddbmm(gw, dT, c.ad);
+        out.hv.emplace_back(l.w_off, gw);
+        if (has_b) out.hv.emplace_back(l.b_off, dd.sum(1));
+        if (need_tin) {
+          if (c.layout_in == Layout::kShared) {  // the shared input: sum over nets
+            const int64_t N = d.size(1), K = d.size(2);
+            const Tensor both = at::cat({dd, d}, 2).transpose(0, 1).reshape({N, B * 2 * K});
+            const Tensor wv = at::cat({c.W, c.V}, 1).reshape({B * 2 * K, c.W.size(2)});
+            out.dd_in = at::mm(both, wv);
+          } else {
+            out.dd_in = at::baddbmm(at::bmm(dd, c.W), d, c.V);
+          }
+        }
+      }
+      break;
+    }
+    case 4:
+      if (need_in) out.d_in = at::threshold_backward(d, c.out, 0);
+      if (tan && need_tin) out.dd_in = at::threshold_backward(dd, c.out, 0);
+      break;
+    case 5:
+      if (need_in) out.d_in = at::tanh_backward(d, c.out);
+      if (tan && need_tin) {
+        Tensor t = at::tanh_backward(dd, c.out);
+        if (c.ad.defined()) t = t.sub_(2 * c.out * at::tanh_backward(c.ad, c.out) * d);
+        out.dd_in = t;
+      }
+      break;
+  }
+  return out;
+}
+
+// --------------------------------------------------------------------------------- losses
+struct LossOut {
+  Tensor value, d, dd, dy;
+};
+
+LossOut loss_grads(const Tensor& z, const Tensor& y, const std::string& kind, const Tensor& zd,
+                   bool need_dy) {
+  constexpr const char* op = "fastdistill::seq_step";
+  LossOut o;
+  const int64_t B = z.size(0), N = z.size(1);
+  const double n = static_cast<double>(N);
+  if (kind == "binary" || kind == "bce") {
+    TORCH_CHECK_VALUE(z.size(2) == 1, op, ": binary losses need one logit");
+    const Tensor zz = z.squeeze(-1);
+    const Tensor yy = y.to(zz.scalar_type()).expand_as(zz);
+    o.value = at::binary_cross_entropy_with_logits(zz, yy, {}, {}, at::Reduction::None).mean(-1);
+    const Tensor sig = at::sigmoid(zz);
+    const double scale = kind == "bce" ? n * static_cast<double>(B) : n;
+    o.d = ((sig - yy) / scale).unsqueeze(-1);
+    if (zd.defined()) {
+      const Tensor zds = zd.squeeze(-1);
+      o.dd = (sig * (1 - sig) * zds / n).unsqueeze(-1);
+      if (need_dy) o.dy = zds.sum(0).div_(-n);
+    }
+    return o;
+  }
+  const Tensor logp = at::log_softmax(z, -1);
+  if (kind == "ce") {
+    const Tensor idx = y.view({1, N, 1}).expand({B, N, 1});
+    o.value = -logp.gather(-1, idx).squeeze(-1).mean(-1);
+    o.d = logp.exp().scatter_add_(-1, idx, at::full_like(idx, -1, z.options()))
+              .div_(n * static_cast<double>(B));
+    return o;
+  }
+  TORCH_CHECK_VALUE(kind == "soft" || kind == "softmax", op, ": unknown loss");
+  const Tensor p = logp.exp();
+  const Tensor target = kind == "softmax" ? at::softmax(y, -1) : y;
+  o.value = -(target * logp).sum(-1).mean(-1);
+  const Tensor s = target.sum(-1, true);
+  o.d = (p * s - target) / n;
+  if (zd.defined()) {
+    const Tensor zc = zd - (p * zd).sum(-1, true);
+    o.dd = p * zc * (s / n);
+    if (need_dy) {
+      Tensor u = zc.sum(0).div_(-n);
+      if (kind == "softmax") u = target * (u - (target * u).sum(-1, true));
+      o.dy = u;
+    }
+  }
+  return o;
+}
+
+// ----------------------------------------------------------------------------------- op
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_step(
+    const Tensor& w, const std::optional<Tensor>& v_opt, const Tensor& x, const Tensor& y,
+    c10::IntArrayRef spec, c10::string_view loss, bool need_dx, bool need_dy) {
+  constexpr const char* op = "fastdistill::seq_step";
+  TORCH_CHECK_VALUE(w.dim() == 2, op, ": `w` must be [B, P]");
+  const std::vector<Layer> layers = parse(spec);
+  const std::string kind(loss);
+  Run r{w.size(0), w, v_opt.has_value() ? *v_opt : Tensor(), v_opt.has_value() && v_opt->defined()};
+  if (r.hvp) TORCH_CHECK_VALUE(r.v.sizes() == w.sizes(), op, ": `v` must match `w`");
+  int64_t first = -1;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i].w_off >= 0) {
+      first = static_cast<int64_t>(i);
+      break;
+    }
+  }
+  TORCH_CHECK_VALUE(first >= 0, op, ": `spec` has no weighted layer");
+
+  std::vector<Ctx> ctx(layers.size());
+  Tensor a = x, ad;
+  Layout layout = Layout::kShared;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    forward(r, layers[i], ctx[i], a, layout);
+    if (r.hvp && static_cast<int64_t>(i) >= first) ad = tangent(r, layers[i], ctx[i], ad);
+  }
+  TORCH_CHECK_VALUE(layout == Layout::kDense, op, ": the net must end in flat [N, K] logits");
+  LossOut lo = loss_grads(a, y, kind, ad, need_dy);
+
+  Tensor g = at::empty(w.sizes(), w.options());
+  Tensor hv = r.hvp ? at::empty(w.sizes(), w.options()) : w.new_empty({0});
+  const int64_t B = r.B;
+  Tensor d = lo.d, dd = lo.dd;
+  for (int64_t i = static_cast<int64_t>(layers.size()) - 1; i >= 0; --i) {
+    const bool need_in = i > first;
+    const bool need_tin = r.hvp && (need_in || need_dx);
+    Grads gr = backward(r, layers[i], ctx[i], d, dd, need_in, need_tin);
+    for (auto& [off, t] : gr.g) g.narrow(1, off, t.numel() / B).copy_(t.reshape({B, -1}));
+    for (auto& [off, t] : gr.hv) hv.narrow(1, off, t.numel() / B).copy_(t.reshape({B, -1}));
+    d = gr.d_in;
+    dd = gr.dd_in;
+    if (!d.defined() && !dd.defined()) break;
+  }
+  Tensor dx = (need_dx && dd.defined()) ? dd : x.new_empty({0});
+  Tensor dy = lo.dy.defined() ? lo.dy : y.new_empty({0});
+  return std::make_tuple(lo.value, g, hv, dx, dy);
+}
+
+}  // namespace
+
+// The same device-generic code for both backends (explicit keys, so that the extension's
+// kernel discovery sees them).
+TORCH_LIBRARY_IMPL(fastdistill, CPU, m) { m.impl("seq_step", &seq_step); }
+TORCH_LIBRARY_IMPL(fastdistill, CUDA, m) { m.impl("seq_step", &seq_step); }
+
+}  // namespace fastdistill

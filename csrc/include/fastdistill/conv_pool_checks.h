@@ -1,0 +1,78 @@
+// Host-side input checks of fastdistill::conv_pool_* (CPU and CUDA entry points). Same rules as
+// fastdistill/ops/reference/conv_pool.py: dtype problems raise TypeError, shapes ValueError.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+
+#include "fastdistill/checks.h"
+#include "fastdistill/conv_pool.h"
+
+namespace fastdistill {
+
+// Validates x, w, b, padding and returns the dimensions.
+inline ConvPoolDims conv_pool_dims(const char* op, const at::Tensor& x, const at::Tensor& w,
+                                   const std::optional<at::Tensor>& b, c10::IntArrayRef padding,
+                                   c10::DeviceType device_type) {
+  TORCH_CHECK_VALUE(x.defined(), op, ": `x` is an undefined tensor");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                   ": `x` must have dtype float32 or float64");
+  TORCH_CHECK_VALUE(x.device().type() == device_type, op, ": `x` is on the wrong device type");
+  check_like(op, "w", w, "x", x, /*same_shape=*/false);
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": `x` must be 4-D [N, G*Cin, H, W]");
+  TORCH_CHECK_VALUE(w.dim() == 5, op, ": `w` must be 5-D [B, Cout, Cin, KH, KW]");
+  TORCH_CHECK_VALUE(padding.size() == 2 && padding[0] >= 0 && padding[1] >= 0, op,
+                    ": `padding` must be two non-negative ints");
+  ConvPoolDims d;
+  d.N = x.size(0);
+  d.H = x.size(2);
+  d.W = x.size(3);
+  d.B = w.size(0);
+  d.Cout = w.size(1);
+  d.Cin = w.size(2);
+  d.KH = w.size(3);
+  d.KW = w.size(4);
+  d.ph = padding[0];
+  d.pw = padding[1];
+  TORCH_CHECK_VALUE(d.B >= 1 && d.Cout >= 1 && d.Cin >= 1 && d.KH >= 1 && d.KW >= 1, op,
+                    ": `w` has an empty dimension");
+  if (x.size(1) == d.Cin) {
+    d.G = 1;
+  } else {
+    TORCH_CHECK_VALUE(x.size(1) == d.Cin * d.B, op,
+                      ": `x` must have Cin (shared input) or B*Cin (one input per net) channels");
+    d.G = d.B;
+  }
+  const int64_t HO = d.H + 2 * d.ph - d.KH + 1;
+  const int64_t WO = d.W + 2 * d.pw - d.KW + 1;
+  TORCH_CHECK_VALUE(HO >= 2 && WO >= 2, op,
+                    ": the convolution output must be at least 2x2 for the 2x2 pooling");
+  d.HP = HO / 2;
+  d.WP = WO / 2;
+  if (b.has_value() && b->defined()) {
+    check_like(op, "b", *b, "x", x, /*same_shape=*/false);
+    TORCH_CHECK_VALUE(b->dim() == 2 && b->size(0) == d.B && b->size(1) == d.Cout, op,
+                      ": `b` must be [B, Cout]");
+  }
+  return d;
+}
+
+// `code` (and `grad` if given) must be [N, B*Cout, HP, WP] on x's device.
+inline void check_conv_pool_code(const char* op, const ConvPoolDims& d, const at::Tensor& code,
+                                 const at::Tensor& x, const at::Tensor* grad) {
+  TORCH_CHECK_VALUE(code.defined(), op, ": `code` is an undefined tensor");
+  TORCH_CHECK_TYPE(code.scalar_type() == at::kByte, op, ": `code` must have dtype uint8");
+  TORCH_CHECK_VALUE(code.device() == x.device(), op, ": `code` must be on the device of `x`");
+  const bool shape_ok = code.dim() == 4 && code.size(0) == d.N && code.size(1) == d.B * d.Cout &&
+                        code.size(2) == d.HP && code.size(3) == d.WP;
+  TORCH_CHECK_VALUE(shape_ok, op, ": `code` must be [N, B*Cout, HP, WP]");
+  if (grad != nullptr) {
+    check_like(op, "grad", *grad, "x", x, /*same_shape=*/false);
+    TORCH_CHECK_VALUE(grad->sizes() == code.sizes(), op, ": `grad` must have the shape of `code`");
+  }
+}
+
+}  // namespace fastdistill

@@ -1,0 +1,176 @@
+"""fastdistill::conv_pool_{forward,gather,backward}: kernels vs reference, ties, masks, autograd
+to second order, opcheck, meta."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fd_op_utils import DEVICES, DTYPES, make
+
+from fastdistill import ops
+from fastdistill.ops.reference import conv_pool as ref
+
+# (N, B, G, Cin, H, W, Cout, KH, KW, ph, pw)
+SHAPES = [
+    (5, 1, 1, 1, 28, 28, 6, 5, 5, 2, 2),  # LeNet conv1
+    (4, 3, 3, 6, 14, 14, 16, 5, 5, 0, 0),  # LeNet conv2, one input per net
+    (3, 2, 1, 2, 9, 7, 5, 3, 2, 1, 0),  # odd sizes, shared input
+    (2, 3, 1, 3, 8, 8, 7, 5, 5, 2, 2),
+    (3, 2, 2, 1, 5, 6, 9, 1, 1, 0, 1),
+    (1, 1, 1, 1, 2, 2, 1, 1, 1, 0, 0),
+]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-300))
+
+
+def problem(shape, dtype, device, seed=0):
+    N, B, G, Cin, H, W, Cout, KH, KW, ph, pw = shape
+    x = make((N, G * Cin, H, W), dtype, device, seed=seed)
+    x[:, :, : H // 3] = 0  # constant rows: exact ties in the pooling windows
+    w = make((B, Cout, Cin, KH, KW), dtype, device, seed=seed + 1)
+    b = make((B, Cout), dtype, device, seed=seed + 2)
+    return x, w, b, [ph, pw]
+
+
+def tol(dtype) -> float:
+    return 1e-12 if dtype == torch.float64 else 2e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_kernels_match_reference(kernels, device, dtype, relu, shape):
+    x, w, b, pad = problem(shape, dtype, device)
+    out, code = kernels.conv_pool_forward(x, w, b, pad, relu)
+    out0, code0 = ref.conv_pool_forward(x, w, b, pad, relu)
+    assert code.dtype == torch.uint8 and torch.equal(code.cpu(), code0.cpu())
+    assert rel(out, out0) < tol(dtype)
+    if relu:
+        assert bool(((code == ref.INACTIVE) == (out0 <= 0)).all())
+    xd = make(x.shape, dtype, device, seed=7)
+    for bias in (b, None):
+        got = kernels.conv_pool_gather(xd, w, bias, code, pad)
+        assert rel(got, ref.conv_pool_gather(xd, w, bias, code, pad)) < tol(dtype)
+    grad = make(out.shape, dtype, device, seed=8)
+    for mask in ([True, True, True], [False, True, True], [True, False, False]):
+        got = kernels.conv_pool_backward(grad, x, w, code, pad, mask)
+        want = ref.conv_pool_backward(grad, x, w, code, pad, mask)
+        for g, e, m in zip(got, want, mask):
+            if m:
+                assert g.shape == e.shape and rel(g, e) < tol(dtype)
+            else:
+                assert g.numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_public_wrappers_use_kernels(kernels, device):
+    x, w, b, pad = problem(SHAPES[0], torch.float32, device)
+    out, code = ops.conv_pool_forward(x, w, b, pad)
+    assert ops.last_backend("conv_pool_forward").backend == "kernel"
+    dx, dw, db = ops.conv_pool_backward(out, x, w, code, pad, (False, True, True))
+    assert dx is None and dw.shape == w.shape and db.shape == b.shape
+
+
+def test_reference_backend_matches(kernels):
+    from fastdistill import _extension
+
+    x, w, b, pad = problem(SHAPES[1], torch.float64, "cpu")
+    got = ops.conv_pool_forward(x, w, b, pad)
+    _extension.set_backend("reference")
+    want = ops.conv_pool_forward(x, w, b, pad)
+    assert ops.last_backend("conv_pool_forward").backend == "reference"
+    assert torch.equal(got[1], want[1]) and rel(got[0], want[0]) < 1e-12
+
+
+def test_shapes_and_errors(kernels):
+    x, w, b, pad = problem(SHAPES[2], torch.float64, "cpu")
+    with pytest.raises(ValueError, match="channels"):
+        kernels.conv_pool_forward(x[:, :1], w, b, pad, True)
+    with pytest.raises(ValueError, match="2x2"):
+        kernels.conv_pool_forward(x[..., :1, :], w, b, pad, True)
+    with pytest.raises(TypeError):
+        kernels.conv_pool_forward(x.float(), w, b, pad, True)
+    with pytest.raises(ValueError, match="code"):
+        kernels.conv_pool_gather(x, w, b, torch.zeros(1, 1, 1, 1, dtype=torch.uint8), pad)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[4]], ids=str)
+def test_autograd_to_second_order(kernels, shape):
+    """First and second derivatives of all three ops by their registered formulas (gradcheck
+    against finite differences, float64; no ties so the pooling is smooth)."""
+    x, w, b, pad = problem(shape, torch.float64, "cpu")
+    x = make(x.shape, torch.float64, "cpu", seed=11)
+    _, code = kernels.conv_pool_forward(x, w, b, pad, True)
+    g = make(code.shape, torch.float64, "cpu", seed=12)
+    xs, ws, bs, gs = (t.clone().requires_grad_() for t in (x, w, b, g))
+
+    def fwd(x, w, b):
+        return kernels.conv_pool_forward(x, w, b, pad, True)[0]
+
+    def gat(x, w, b):
+        return kernels.conv_pool_gather(x, w, b, code, pad)
+
+    def bwd(g, x, w):
+        return kernels.conv_pool_backward(g, x, w, code, pad, [True, True, True])
+
+    torch.autograd.gradcheck(fwd, (xs, ws, bs))
+    torch.autograd.gradcheck(gat, (xs, ws, bs))
+    torch.autograd.gradgradcheck(gat, (xs, ws, bs))
+    torch.autograd.gradcheck(bwd, (gs, xs, ws))
+    torch.autograd.gradgradcheck(bwd, (gs, xs, ws))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(kernels, device):
+    for dtype in DTYPES:
+        for shape in (SHAPES[2], SHAPES[1]):
+            x, w, b, pad = problem(shape, dtype, device)
+            out, code = kernels.conv_pool_forward(x, w, b, pad, True)
+            torch.library.opcheck(kernels.conv_pool_forward.default, (x, w, b, pad, True))
+            torch.library.opcheck(kernels.conv_pool_forward.default, (x, w, None, pad, False))
+            torch.library.opcheck(kernels.conv_pool_gather.default, (x, w, b, code, pad))
+            grad = make(out.shape, dtype, device, seed=3)
+            for mask in ([True, True, True], [False, True, False]):
+                torch.library.opcheck(
+                    kernels.conv_pool_backward.default, (grad, x, w, code, pad, mask)
+                )
+
+
+def test_meta(kernels):
+    x = torch.empty(7, 6, 10, 9, device="meta")
+    w = torch.empty(3, 4, 2, 3, 3, device="meta")
+    out, code = kernels.conv_pool_forward(x, w, None, [1, 0], True)
+    assert out.shape == (7, 12, 5, 3) and code.dtype == torch.uint8
+    dx, dw, db = kernels.conv_pool_backward(out, x, w, code, [1, 0], [True, False, True])
+    assert dx.shape == x.shape and dw.shape == (0,) and db.shape == (3, 4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_seq_step_opcheck(kernels, device):
+    """fastdistill::seq_step (the one-call fused step): schema, fake kernel, device."""
+    from fastdistill.engine import FlatModel, sample_weights
+    from fastdistill.engine import fused_step as fs
+    from fastdistill.models import LeNet
+
+    model = FlatModel(LeNet(1, 4, 12).double().to(device))
+    spec = fs._plan(model).spec
+    assert spec is not None
+    gen = torch.Generator().manual_seed(0)
+    w = sample_weights(model, 2, generator=gen, dtype=torch.float64).to(device)
+    v = torch.randn(w.shape, generator=gen, dtype=torch.float64).to(device)
+    x = torch.randn(3, 1, 12, 12, generator=gen, dtype=torch.float64).to(device)
+    y = torch.randn(3, 4, generator=gen, dtype=torch.float64).to(device)
+    t = torch.randint(0, 4, (3,), generator=gen).to(device)
+    op = kernels.seq_step.default
+    for args in (
+        (w, v, x, y, spec, "soft", True, True),
+        (w, None, x, y, spec, "softmax", False, False),
+        (w, None, x, t, spec, "ce", False, False),
+    ):
+        torch.library.opcheck(op, args)
+    value, g, hv, dx, dy = op(w, v, x, y, spec, "soft", True, True)
+    assert value.shape == (2,) and g.shape == hv.shape == w.shape
+    assert dx.shape == x.shape and dy.shape == y.shape

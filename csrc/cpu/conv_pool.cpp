@@ -34,6 +34,7 @@
 #include "fastdistill/checks.h"
 #include "fastdistill/conv_pool.h"
 #include "fastdistill/conv_pool_checks.h"
+#include "fastdistill/conv_pool_host.h"
 #include "fastdistill/cpu_target.h"
 
 // 64-byte vector extension types are passed between always-inline helpers only.
@@ -855,35 +856,17 @@ void backward_kernel(const ConvPoolParams& p) {
 }
 
 // ------------------------------------------------------------------------------ host code
-ConvPoolParams make_params(const ConvPoolDims& d, const at::Tensor& x) {
-  ConvPoolParams p{};
-  p.d = d;
-  p.dtype = to_dtype(x.scalar_type());
-  return p;
-}
-
 std::tuple<at::Tensor, at::Tensor> conv_pool_forward_cpu(const at::Tensor& x, const at::Tensor& w,
                                                          const std::optional<at::Tensor>& b,
                                                          c10::IntArrayRef padding, bool relu) {
   constexpr const char* op = "fastdistill::conv_pool_forward";
   const ConvPoolDims d = conv_pool_dims(op, x, w, b, padding, c10::DeviceType::CPU);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor wc = w.contiguous();
-  const bool has_b = b.has_value() && b->defined();
-  const at::Tensor bc = has_b ? b->contiguous() : at::Tensor();
-  at::Tensor out = at::empty({d.N, d.B * d.Cout, d.HP, d.WP}, x.options());
-  at::Tensor code = at::empty({d.N, d.B * d.Cout, d.HP, d.WP}, x.options().dtype(at::kByte));
-  if (out.numel() == 0) return std::make_tuple(out, code);
-  ConvPoolParams p = make_params(d, x);
-  p.x = xc.const_data_ptr();
-  p.w = wc.const_data_ptr();
-  p.b = has_b ? bc.const_data_ptr() : nullptr;
-  p.out = out.data_ptr();
-  p.code_out = code.data_ptr<uint8_t>();
-  p.relu = relu;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_forward_cpu",
-                             [&] { forward_kernel<scalar_t>(p); });
-  return std::make_tuple(out, code);
+  ConvPoolForwardCall c = prepare_conv_pool_forward(d, x, w, b, relu);
+  if (!c.empty) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_forward_cpu",
+                               [&] { forward_kernel<scalar_t>(c.p); });
+  }
+  return std::make_tuple(c.out, c.code);
 }
 
 at::Tensor conv_pool_gather_cpu(const at::Tensor& x, const at::Tensor& w,
@@ -891,23 +874,12 @@ at::Tensor conv_pool_gather_cpu(const at::Tensor& x, const at::Tensor& w,
                                 c10::IntArrayRef padding) {
   constexpr const char* op = "fastdistill::conv_pool_gather";
   const ConvPoolDims d = conv_pool_dims(op, x, w, b, padding, c10::DeviceType::CPU);
-  check_conv_pool_code(op, d, code, x, nullptr);
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor wc = w.contiguous();
-  const at::Tensor cc = code.contiguous();
-  const bool has_b = b.has_value() && b->defined();
-  const at::Tensor bc = has_b ? b->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(code.sizes(), x.options());
-  if (out.numel() == 0) return out;
-  ConvPoolParams p = make_params(d, x);
-  p.x = xc.const_data_ptr();
-  p.w = wc.const_data_ptr();
-  p.b = has_b ? bc.const_data_ptr() : nullptr;
-  p.code = cc.const_data_ptr<uint8_t>();
-  p.out = out.data_ptr();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_gather_cpu",
-                             [&] { gather_kernel<scalar_t>(p); });
-  return out;
+  ConvPoolGatherCall c = prepare_conv_pool_gather(op, d, x, w, b, code);
+  if (!c.empty) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_gather_cpu",
+                               [&] { gather_kernel<scalar_t>(c.p); });
+  }
+  return c.out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_cpu(
@@ -915,31 +887,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_cpu(
     c10::IntArrayRef padding, std::array<bool, 3> mask) {
   constexpr const char* op = "fastdistill::conv_pool_backward";
   const ConvPoolDims d = conv_pool_dims(op, x, w, std::nullopt, padding, c10::DeviceType::CPU);
-  check_conv_pool_code(op, d, code, x, &grad);
-  const at::Tensor gc = grad.contiguous();
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor wc = w.contiguous();
-  const at::Tensor cc = code.contiguous();
-  at::Tensor dx = mask[0] ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
-  at::Tensor dw = mask[1] ? at::empty(w.sizes(), x.options()) : at::empty({0}, x.options());
-  at::Tensor db = mask[2] ? at::empty({d.B, d.Cout}, x.options()) : at::empty({0}, x.options());
-  if (d.N == 0 || d.HP == 0 || d.WP == 0) {
-    dx.zero_();
-    dw.zero_();
-    db.zero_();
-    return std::make_tuple(dx, dw, db);
+  ConvPoolBackwardCall c = prepare_conv_pool_backward(op, d, grad, x, w, code, mask);
+  if (!c.empty) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_backward_cpu",
+                               [&] { backward_kernel<scalar_t>(c.p); });
   }
-  ConvPoolParams p = make_params(d, x);
-  p.grad = gc.const_data_ptr();
-  p.x = xc.const_data_ptr();
-  p.w = wc.const_data_ptr();
-  p.code = cc.const_data_ptr<uint8_t>();
-  p.dx = mask[0] ? dx.data_ptr() : nullptr;
-  p.dw = mask[1] ? dw.data_ptr() : nullptr;
-  p.db = mask[2] ? db.data_ptr() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_backward_cpu",
-                             [&] { backward_kernel<scalar_t>(p); });
-  return std::make_tuple(dx, dw, db);
+  return std::make_tuple(c.dx, c.dw, c.db);
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "fastdistill/cpu_target.h"
 #include "fastdistill/soft_label_loss.h"
 #include "fastdistill/soft_label_loss_checks.h"
+#include "fastdistill/soft_label_loss_host.h"
 #include "fastdistill/soft_label_loss_rows.h"
 
 namespace fastdistill {
@@ -127,28 +128,13 @@ void run_rows(const SoftLabelLossParams& p, Pass pass) {
   }
 }
 
-SoftLabelLossParams make_params(const at::Tensor& logits, LabelKind kind) {
-  SoftLabelLossParams p{};
-  p.rows = logits.size(0);
-  p.cols = logits.size(1);
-  p.kind = kind;
-  p.dtype = to_dtype(logits.scalar_type());
-  return p;
-}
-
 at::Tensor soft_label_loss_cpu(const at::Tensor& logits, const at::Tensor& labels,
                                c10::string_view kind_name) {
   const LabelKind kind = check_soft_label_loss("fastdistill::soft_label_loss", logits, labels,
                                                kind_name, c10::DeviceType::CPU);
-  const at::Tensor z = logits.contiguous();
-  const at::Tensor y = labels.contiguous();
-  at::Tensor loss = at::empty({z.size(0)}, z.options());
-  SoftLabelLossParams p = make_params(z, kind);
-  p.logits = z.const_data_ptr();
-  p.labels = y.const_data_ptr();
-  p.out_rows = loss.data_ptr();
-  run_rows(p, Pass::kForward);
-  return loss;
+  SoftLabelLossForwardCall c = prepare_soft_label_loss(logits, labels, kind);
+  run_rows(c.p, Pass::kForward);
+  return c.loss;
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_label_loss_backward_cpu(const at::Tensor& grad,
@@ -157,19 +143,9 @@ std::tuple<at::Tensor, at::Tensor> soft_label_loss_backward_cpu(const at::Tensor
                                                                 c10::string_view kind_name) {
   const LabelKind kind =
       check_soft_label_loss_backward(grad, logits, labels, kind_name, c10::DeviceType::CPU);
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor z = logits.contiguous();
-  const at::Tensor y = labels.contiguous();
-  at::Tensor grad_logits = at::empty(z.sizes(), z.options());
-  at::Tensor grad_labels = at::empty(y.sizes(), y.options());
-  SoftLabelLossParams p = make_params(z, kind);
-  p.logits = z.const_data_ptr();
-  p.labels = y.const_data_ptr();
-  p.grad = g.const_data_ptr();
-  p.out_logits = grad_logits.data_ptr();
-  p.out_labels = grad_labels.data_ptr();
-  run_rows(p, Pass::kBackward);
-  return std::make_tuple(grad_logits, grad_labels);
+  SoftLabelLossBackwardCall c = prepare_soft_label_loss_backward(grad, logits, labels, kind);
+  run_rows(c.p, Pass::kBackward);
+  return std::make_tuple(c.grad_logits, c.grad_labels);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_label_loss_double_backward_cpu(
@@ -177,25 +153,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_label_loss_double_backward_c
     const at::Tensor& gg_logits, const at::Tensor& gg_labels, c10::string_view kind_name) {
   const LabelKind kind = check_soft_label_loss_double_backward(
       grad, logits, labels, gg_logits, gg_labels, kind_name, c10::DeviceType::CPU);
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor z = logits.contiguous();
-  const at::Tensor y = labels.contiguous();
-  const at::Tensor u = gg_logits.contiguous();
-  const at::Tensor w = gg_labels.contiguous();
-  at::Tensor grad_grad = at::empty(g.sizes(), g.options());
-  at::Tensor grad_logits = at::empty(z.sizes(), z.options());
-  at::Tensor grad_labels = at::empty(y.sizes(), y.options());
-  SoftLabelLossParams p = make_params(z, kind);
-  p.logits = z.const_data_ptr();
-  p.labels = y.const_data_ptr();
-  p.grad = g.const_data_ptr();
-  p.gg_logits = u.const_data_ptr();
-  p.gg_labels = w.const_data_ptr();
-  p.out_rows = grad_grad.data_ptr();
-  p.out_logits = grad_logits.data_ptr();
-  p.out_labels = grad_labels.data_ptr();
-  run_rows(p, Pass::kDoubleBackward);
-  return std::make_tuple(grad_grad, grad_logits, grad_labels);
+  SoftLabelLossDoubleBackwardCall c =
+      prepare_soft_label_loss_double_backward(grad, logits, labels, gg_logits, gg_labels, kind);
+  run_rows(c.p, Pass::kDoubleBackward);
+  return std::make_tuple(c.grad_grad, c.grad_logits, c.grad_labels);
 }
 
 }  // namespace

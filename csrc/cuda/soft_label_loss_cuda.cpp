@@ -1,5 +1,5 @@
-// Host code of the CUDA fastdistill::soft_label_loss ops: validate, make contiguous, allocate,
-// fill the parameter struct, launch on the current stream of the inputs' device. Compiled as
+// Host code of the CUDA fastdistill::soft_label_loss ops: validate, prepare (shared with the CPU
+// wrapper, soft_label_loss_host.h), launch on the current stream of the inputs' device. Compiled as
 // C++ (not by nvcc).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -15,33 +15,21 @@
 #include "fastdistill/soft_label_loss.h"
 #include "fastdistill/soft_label_loss_checks.h"
 #include "fastdistill/soft_label_loss_cuda.h"
+#include "fastdistill/soft_label_loss_host.h"
 
 namespace fastdistill {
 namespace {
 
-SoftLabelLossParams make_params(const at::Tensor& logits, LabelKind kind) {
-  SoftLabelLossParams p{};
-  p.rows = logits.size(0);
-  p.cols = logits.size(1);
-  p.kind = kind;
-  p.dtype = to_dtype(logits.scalar_type());
-  return p;
-}
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 at::Tensor soft_label_loss_cuda(const at::Tensor& logits, const at::Tensor& labels,
                                 c10::string_view kind_name) {
   const LabelKind kind = check_soft_label_loss("fastdistill::soft_label_loss", logits, labels,
                                                kind_name, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor z = logits.contiguous();
-  const at::Tensor y = labels.contiguous();
-  at::Tensor loss = at::empty({z.size(0)}, z.options());
-  SoftLabelLossParams p = make_params(z, kind);
-  p.logits = z.const_data_ptr();
-  p.labels = y.const_data_ptr();
-  p.out_rows = loss.data_ptr();
-  C10_CUDA_CHECK(launch_soft_label_loss(p, c10::cuda::getCurrentCUDAStream().stream()));
-  return loss;
+  SoftLabelLossForwardCall c = prepare_soft_label_loss(logits, labels, kind);
+  C10_CUDA_CHECK(launch_soft_label_loss(c.p, current_stream()));
+  return c.loss;
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_label_loss_backward_cuda(const at::Tensor& grad,
@@ -51,19 +39,9 @@ std::tuple<at::Tensor, at::Tensor> soft_label_loss_backward_cuda(const at::Tenso
   const LabelKind kind =
       check_soft_label_loss_backward(grad, logits, labels, kind_name, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor z = logits.contiguous();
-  const at::Tensor y = labels.contiguous();
-  at::Tensor grad_logits = at::empty(z.sizes(), z.options());
-  at::Tensor grad_labels = at::empty(y.sizes(), y.options());
-  SoftLabelLossParams p = make_params(z, kind);
-  p.logits = z.const_data_ptr();
-  p.labels = y.const_data_ptr();
-  p.grad = g.const_data_ptr();
-  p.out_logits = grad_logits.data_ptr();
-  p.out_labels = grad_labels.data_ptr();
-  C10_CUDA_CHECK(launch_soft_label_loss_backward(p, c10::cuda::getCurrentCUDAStream().stream()));
-  return std::make_tuple(grad_logits, grad_labels);
+  SoftLabelLossBackwardCall c = prepare_soft_label_loss_backward(grad, logits, labels, kind);
+  C10_CUDA_CHECK(launch_soft_label_loss_backward(c.p, current_stream()));
+  return std::make_tuple(c.grad_logits, c.grad_labels);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_label_loss_double_backward_cuda(
@@ -72,26 +50,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_label_loss_double_backward_c
   const LabelKind kind = check_soft_label_loss_double_backward(
       grad, logits, labels, gg_logits, gg_labels, kind_name, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(logits.device());
-  const at::Tensor g = grad.contiguous();
-  const at::Tensor z = logits.contiguous();
-  const at::Tensor y = labels.contiguous();
-  const at::Tensor u = gg_logits.contiguous();
-  const at::Tensor w = gg_labels.contiguous();
-  at::Tensor grad_grad = at::empty(g.sizes(), g.options());
-  at::Tensor grad_logits = at::empty(z.sizes(), z.options());
-  at::Tensor grad_labels = at::empty(y.sizes(), y.options());
-  SoftLabelLossParams p = make_params(z, kind);
-  p.logits = z.const_data_ptr();
-  p.labels = y.const_data_ptr();
-  p.grad = g.const_data_ptr();
-  p.gg_logits = u.const_data_ptr();
-  p.gg_labels = w.const_data_ptr();
-  p.out_rows = grad_grad.data_ptr();
-  p.out_logits = grad_logits.data_ptr();
-  p.out_labels = grad_labels.data_ptr();
-  C10_CUDA_CHECK(
-      launch_soft_label_loss_double_backward(p, c10::cuda::getCurrentCUDAStream().stream()));
-  return std::make_tuple(grad_grad, grad_logits, grad_labels);
+  SoftLabelLossDoubleBackwardCall c =
+      prepare_soft_label_loss_double_backward(grad, logits, labels, gg_logits, gg_labels, kind);
+  C10_CUDA_CHECK(launch_soft_label_loss_double_backward(c.p, current_stream()));
+  return std::make_tuple(c.grad_grad, c.grad_logits, c.grad_labels);
 }
 
 }  // namespace

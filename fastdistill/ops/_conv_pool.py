@@ -131,19 +131,8 @@ def _forward_setup(ctx, inputs, output) -> None:
 
 
 def _forward_backward(ctx, grad_out, _grad_code):
-    # The ReLU mask and the pooling are both in the codes: d/d(x, w, b) is the backward op.
-    x, w, code = ctx.saved_tensors
-    need = list(ctx.needs_input_grad[:3])
-    if not any(need):
-        return None, None, None, None, None
-    dx, dw, db = _bwd(grad_out, x, w, code, ctx.padding, need)
-    return (
-        (dx if need[0] else None),
-        (dw if need[1] else None),
-        (db if need[2] else None),
-        None,
-        None,
-    )
+    # The ReLU mask and the pooling are both in the codes: the same backward as the gather's.
+    return _gather_backward(ctx, grad_out)
 
 
 def _gather_setup(ctx, inputs, output) -> None:
@@ -153,18 +142,13 @@ def _gather_setup(ctx, inputs, output) -> None:
 
 
 def _gather_backward(ctx, grad_out):
+    """d/d(x, w, b) of the pooled map through the stored codes: the backward op."""
     x, w, code = ctx.saved_tensors
     need = list(ctx.needs_input_grad[:3])
     if not any(need):
         return None, None, None, None, None
-    dx, dw, db = _bwd(grad_out, x, w, code, ctx.padding, need)
-    return (
-        (dx if need[0] else None),
-        (dw if need[1] else None),
-        (db if need[2] else None),
-        None,
-        None,
-    )
+    grads = _bwd(grad_out, x, w, code, ctx.padding, need)
+    return (*(g if n else None for g, n in zip(grads, need)), None, None)
 
 
 def _backward_setup(ctx, inputs, output) -> None:

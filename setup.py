@@ -160,7 +160,10 @@ def build_extensions() -> tuple[list, dict]:
 
     sources = ["csrc/fastdistill.cpp"]
     sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cpu").glob("*.cpp"))
-    cxx_flags = ["-O3"]
+    # Name the C++ string ABI torch was built with instead of trusting the compiler's default: a
+    # mismatch links, then corrupts every std::string passed to libc10 (error messages first).
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"
+    cxx_flags = ["-O3", abi]
     link_flags: list[str] = []
     if openmp:
         cxx_flags.append("-fopenmp")
@@ -175,7 +178,7 @@ def build_extensions() -> tuple[list, dict]:
         sources += sorted(str(p.relative_to(ROOT)) for p in (CSRC / "cuda").glob("*.cu"))
         ext = CUDAExtension(
             sources=sources,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", abi]},
             **kwargs,
         )
         _log(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     load_time = time.perf_counter() - start
     ckpt = out / "checkpoint.safetensors"
     if args.resume and ckpt.exists():
-        distiller.load_checkpoint(ckpt)
+        distiller.load_checkpoint(ckpt, allow_device_change=args.allow_device_change)
         print(f"resumed from {ckpt} at iteration {distiller.iteration}")
     print(
         f"distilling preset {args.preset}: {distiller.total_iterations} iterations on {device}, "
@@ -70,13 +72,24 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     def report_line(d: Distiller, stats: dict[str, float]) -> None:
         if args.log_every and d.iteration % args.log_every == 0:
+            last = d.history[-1] if d.history else {}
+            val = (
+                f"  val {100 * last['val_accuracy']:.1f}%"
+                if last.get("iteration") == d.iteration and "val_accuracy" in last
+                else ""
+            )
             print(
                 f"iteration {d.iteration}/{d.total_iterations}  loss {stats['outer_loss']:.4f}  "
-                f"lr {stats['lr']:.3g}  {d.wall_time:.0f}s",
+                f"lr {stats['lr']:.3g}{val}  {d.wall_time:.0f}s",
                 flush=True,
             )
 
-    distiller.fit(progress=not args.quiet, checkpoint_path=ckpt, callback=report_line)
+    distiller.fit(
+        progress=not args.quiet,
+        checkpoint_path=ckpt,
+        checkpoint_every=args.checkpoint_every,
+        callback=report_line,
+    )
     distiller.distilled.save(out / "distilled.safetensors")
     decoded = None
     if distiller.data.describe().get("kind") == "text":
@@ -241,6 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--log-every", type=int, default=0, help="print a line every N iterations")
     d.add_argument(
+        "--allow-device-change",
+        action="store_true",
+        help="with --resume: continue a checkpoint written on another device type (CPU <-> "
+        "CUDA); random-init draws are re-seeded, so the resume is not exact",
+    )
+    d.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="write OUT/checkpoint.safetensors (atomically) every N iterations (default 500)",
+    )
+    d.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -286,13 +311,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A job scheduler's or `timeout`'s SIGTERM stops a run like Ctrl-C does: the running
+    # distillation writes its checkpoint before exiting, so `--resume` loses nothing.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"fastdistill: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print(f"fastdistill: interrupted ({err or 'Ctrl-C'})", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -55,3 +55,33 @@ def test_distill_writes_set_and_report(tmp_path, capsys):
 def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
     assert main(["distill", "--preset", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_sigterm_checkpoints_and_resume_finishes_the_run(tmp_path):
+    """A scheduler's (or `timeout`'s) SIGTERM stops `distill` like Ctrl-C: exit code 130 with a
+    checkpoint on disk, and `--resume` completes the run."""
+    import signal
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fastdistill.cli", "distill", "--preset", "digits-lenet-fixed-10",
+           "--iterations", "60", "--out", str(out), "--quiet", "--device", "cpu",
+           "--threads", "1", "--log-every", "1", "--checkpoint-every", "100000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until the run is inside its loop
+        if line.startswith("iteration 2/"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted (signal 15)" in err
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        state = json.loads(f.metadata()["state"])
+    assert 2 <= state["iteration"] < 60
+    resumed = main(["distill", "--preset", "digits-lenet-fixed-10", "--iterations", "60",
+                    "--out", str(out), "--quiet", "--device", "cpu", "--resume"])  # fmt: skip
+    assert resumed == 0
+    assert json.loads((out / "report.json").read_text())["iterations"] == 60

@@ -132,3 +132,27 @@ def test_validation_split_keeps_the_best_set(digits, tmp_path):
     )
     with pytest.raises(ValueError, match="no validation split"):
         Distiller(tiny(), digits).evaluate(split="validation")
+
+
+def test_resume_on_another_device_type_needs_consent(digits, tmp_path):
+    """A CUDA generator's state (16 bytes) cannot continue on the CPU: a clear error, or with
+    allow_device_change a re-seeded init stream and everything else restored."""
+    from fastdistill.distilled import atomic_save_safetensors, load_safetensors
+
+    cfg = tiny(init="random", nets_per_iteration=2, iterations=5)
+    first = Distiller(cfg, digits)
+    path = tmp_path / "ckpt.safetensors"
+    first.fit(2, progress=False, checkpoint_path=path)
+    tensors, meta = load_safetensors(path, "cpu")
+    tensors["rng.init"] = torch.zeros(16, dtype=torch.uint8)  # what a CUDA generator saves
+    atomic_save_safetensors(tensors, path, meta)
+
+    with pytest.raises(ValueError, match="another device type.*--allow-device-change"):
+        Distiller(cfg, digits).load_checkpoint(path)
+    moved = Distiller(cfg, digits)
+    with pytest.warns(UserWarning, match="re-seeded"):
+        moved.load_checkpoint(path, allow_device_change=True)
+    assert moved.iteration == 2
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(first), _tensors(moved)))
+    moved.fit(progress=False)
+    assert moved.iteration == 5

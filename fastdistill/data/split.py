@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from fastdistill.data.protocol import DistillData
@@ -21,6 +20,8 @@ def split_validation(
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
     n = data.train_x.shape[0]
     labels = data.train_y.cpu().numpy()
+    from sklearn.model_selection import train_test_split  # heavy (~1 s): only when splitting
+
     keep, held = train_test_split(range(n), test_size=fraction, random_state=seed, stratify=labels)
     keep_t = torch.as_tensor(sorted(keep), device=data.train_x.device)
     held_t = torch.as_tensor(sorted(held), device=data.train_x.device)

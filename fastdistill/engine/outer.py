@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -233,14 +234,14 @@ class Distiller:
                     bar.update(1)
                     if self.iteration % 10 == 0:
                         bar.set_postfix(loss=f"{running:.4f}", lr=f"{stats['lr']:.2g}")
-                if callback is not None:
-                    callback(self, stats)
                 if self.val_x is not None and (
                     self.iteration % self.config.validate_every == 0 or self.iteration == target
                 ):
                     self._validate()
                 if checkpoint_path and self.iteration % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
+                if callback is not None:
+                    callback(self, stats)
         except BaseException:
             if checkpoint_path:
                 self.save_checkpoint(checkpoint_path)
@@ -347,8 +348,14 @@ class Distiller:
         atomic_save_safetensors(tensors, Path(path), meta)
         return Path(path)
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by a run of the same configuration."""
+    def load_checkpoint(self, path: str | Path, *, allow_device_change: bool = False) -> None:
+        """Restore a checkpoint written by a run of the same configuration.
+
+        The resume is exact on the device type that wrote the checkpoint. A CUDA generator's
+        state cannot continue on the CPU (or back): with ``allow_device_change`` the run goes on
+        with the init-weight stream re-seeded from (seed, iteration), which changes the random
+        nets drawn from then on (fixed-init runs draw none) and nothing else.
+        """
         tensors, meta = load_safetensors(path, "cpu")
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a fastdistill checkpoint")
@@ -362,7 +369,21 @@ class Distiller:
             if d.init_weights is not None:
                 d.init_weights.copy_(tensors["init_weights"])
         self.generator.set_state(tensors["rng.host"])
-        self.init_generator.set_state(tensors["rng.init"])
+        try:
+            self.init_generator.set_state(tensors["rng.init"])
+        except RuntimeError as err:
+            if not allow_device_change:
+                raise ValueError(
+                    f"{path}: its random-init stream was written on another device type than "
+                    f"this run's ({self.device.type}), so it cannot resume exactly here; resume "
+                    "on the device that wrote it, or allow the change (CLI: "
+                    "--allow-device-change) to continue with a re-seeded init stream"
+                ) from err
+            warnings.warn(
+                f"{path}: resuming on {self.device.type}, init stream re-seeded (not exact)",
+                stacklevel=2,
+            )
+            self.init_generator.manual_seed(self.config.seed + 1 + int(state["iteration"]))
         opt_state: dict[int, dict[str, Any]] = {}
         for key, v in tensors.items():
             if key.startswith("optim."):

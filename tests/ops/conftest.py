@@ -20,6 +20,18 @@ def _backend_auto():
     _extension.set_backend(None)
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """References in float32 must be float32: on Ampere+ GPUs cuDNN convolutions (and, if a
+    user enabled it, matmuls) default to TF32, ~1e-4 relative error, which the kernels (true
+    float32) would be blamed for."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.fixture(scope="session")
 def kernels():
     """``torch.ops.fastdistill``; skips when the extension is deliberately absent, fails when

@@ -6,9 +6,25 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <string>
+
 #include "fastdistill/params.h"
 
 namespace fastdistill {
+
+// Error messages are built from strings only: integers go through std::to_string and shapes
+// through shape_str, never `<<` of an int64_t or IntArrayRef. On the H200 machine (torch 2.11,
+// Python 3.12, g++ 13.3; 2026-11-28) any message that streamed an integer segfaulted the
+// process inside the stream's number formatting, while strings, dtypes and devices were fine
+// (tools/gpu_diag.py runs each case in its own process).
+inline std::string shape_str(const at::Tensor& t) {
+  std::string s = "[";
+  for (int64_t i = 0; i < t.dim(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(t.size(i));
+  }
+  return s + "]";
+}
 
 inline bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -54,14 +70,14 @@ inline void check_like(const char* op, const char* name, const at::Tensor& t,
                     "), got ", t.device());
   if (same_shape) {
     TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), op, ": `", name,
-                      "` must have the same shape as `", ref_name, "` ", ref.sizes(), ", got ",
-                      t.sizes());
+                      "` must have the same shape as `", ref_name, "` ", shape_str(ref), ", got ",
+                      shape_str(t));
   }
 }
 
 inline void check_scalar(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.dim() == 0, op, ": `", name,
-                    "` must be a 0-d tensor (one step size), got shape ", t.sizes());
+                    "` must be a 0-d tensor (one step size), got shape ", shape_str(t));
 }
 
 // inner_update(w, g, raw_lr): w is [B, P] (any shape is accepted: the op is elementwise).

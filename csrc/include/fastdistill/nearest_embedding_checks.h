@@ -41,24 +41,24 @@ inline Metric check_nearest_embedding(const at::Tensor& queries, const at::Tenso
                     c10::DeviceTypeName(device_type, /*lower_case=*/true), " device, got ",
                     queries.device());
   TORCH_CHECK_VALUE(queries.dim() == 2, op, ": `queries` must be a 2-D tensor [N, D], got shape ",
-                    queries.sizes());
+                    shape_str(queries));
   check_like(op, "table", table, "queries", queries, /*same_shape=*/false);
   TORCH_CHECK_VALUE(table.dim() == 2, op, ": `table` must be a 2-D tensor [V, D], got shape ",
-                    table.sizes());
+                    shape_str(table));
   TORCH_CHECK_VALUE(table.size(1) == queries.size(1), op,
-                    ": `table` must have as many columns as `queries` (D = ", queries.size(1),
-                    "), got shape ", table.sizes());
+                    ": `table` must have as many columns as `queries` (D = ", std::to_string(queries.size(1)),
+                    "), got shape ", shape_str(table));
   const Metric metric = parse_metric(metric_name);
   const int64_t V = table.size(0);
-  TORCH_CHECK_VALUE(k >= 1 && k <= V, op, ": k = ", k, " is out of range: need 1 <= k <= V = ",
-                    V, " (the number of rows of `table`)");
+  TORCH_CHECK_VALUE(k >= 1 && k <= V, op, ": k = ", std::to_string(k), " is out of range: need 1 <= k <= V = ",
+                    std::to_string(V), " (the number of rows of `table`)");
   if (table_norms.has_value() && table_norms->defined()) {
     TORCH_CHECK_VALUE(metric != Metric::kInner, op,
                       ": `table_norms` must be None for metric 'inner' (it uses no norms)");
     const at::Tensor& n = *table_norms;
     check_like(op, "table_norms", n, "table", table, /*same_shape=*/false);
     TORCH_CHECK_VALUE(n.dim() == 1 && n.size(0) == V, op,
-                      ": `table_norms` must have shape [V] = [", V, "], got shape ", n.sizes());
+                      ": `table_norms` must have shape [V] = [", std::to_string(V), "], got shape ", shape_str(n));
   }
   return metric;
 }

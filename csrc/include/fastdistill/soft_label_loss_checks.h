@@ -37,25 +37,25 @@ inline LabelKind check_soft_label_loss(const char* op, const at::Tensor& logits,
                     c10::DeviceTypeName(device_type, /*lower_case=*/true), " device, got ",
                     logits.device());
   TORCH_CHECK_VALUE(logits.dim() == 2, op, ": `logits` must be a 2-D tensor [N, K], got shape ",
-                    logits.sizes());
+                    shape_str(logits));
   TORCH_CHECK_VALUE(logits.size(1) >= 1, op,
                     ": `logits` must have at least one column (K >= 1), got shape ",
-                    logits.sizes());
+                    shape_str(logits));
   const LabelKind kind = parse_label_kind(op, kind_name);
   check_like(op, "labels", labels, "logits", logits, /*same_shape=*/false);
   if (kind == LabelKind::kBinary) {
     TORCH_CHECK_VALUE(logits.size(1) == 1, op,
                       ": kind 'binary' takes one logit per example: `logits` must have shape "
                       "[N, 1], got ",
-                      logits.sizes());
+                      shape_str(logits));
     TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == logits.size(0), op,
                       ": kind 'binary' takes one label per example: `labels` must have shape "
                       "[N] = [",
-                      logits.size(0), "], got ", labels.sizes());
+                      std::to_string(logits.size(0)), "], got ", shape_str(labels));
   } else {
     TORCH_CHECK_VALUE(labels.sizes() == logits.sizes(), op,
-                      ": `labels` must have the same shape as `logits` ", logits.sizes(), ", got ",
-                      labels.sizes());
+                      ": `labels` must have the same shape as `logits` ", shape_str(logits), ", got ",
+                      shape_str(labels));
   }
   return kind;
 }
@@ -64,7 +64,7 @@ inline LabelKind check_soft_label_loss(const char* op, const at::Tensor& logits,
 inline void check_row_grad(const char* op, const at::Tensor& grad, const at::Tensor& logits) {
   check_like(op, "grad", grad, "logits", logits, /*same_shape=*/false);
   TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == logits.size(0), op,
-                    ": `grad` must have shape [N] = [", logits.size(0), "], got ", grad.sizes());
+                    ": `grad` must have shape [N] = [", std::to_string(logits.size(0)), "], got ", shape_str(grad));
 }
 
 inline LabelKind check_soft_label_loss_backward(const at::Tensor& grad, const at::Tensor& logits,

@@ -60,15 +60,18 @@ def _problem(case: str, device: str):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("engine", ["unroll", "adjoint"])
+@pytest.mark.parametrize("engine", ["unroll", "adjoint", "adjoint-chunk128"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_text_outer_iteration(benchmark, case, engine, device):
+    """``adjoint-chunk128``: the real-batch outer pass in chunks of 128 (``outer_chunk``)."""
     benchmark.group = f"text outer iteration {case} {device}"
     args, kind = _problem(case, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    name, _, chunk = engine.partition("-chunk")
+    opts = {"outer_chunk": int(chunk)} if chunk else {}
 
     def run():
-        out = hypergradient(*args, label_kind=kind, engine=engine, rng_seed=0)
+        out = hypergradient(*args, label_kind=kind, engine=name, rng_seed=0, **opts)
         sync()
         return out
 

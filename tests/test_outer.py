@@ -156,3 +156,32 @@ def test_resume_on_another_device_type_needs_consent(digits, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(_tensors(first), _tensors(moved)))
     moved.fit(progress=False)
     assert moved.iteration == 5
+
+
+def test_checkpoint_from_before_a_new_config_field_still_resumes(digits, tmp_path):
+    """Checkpoints written before a DistillConfig field existed resume while the run keeps that
+    field's default, and not when it changes it."""
+    import json
+
+    from fastdistill.distilled import atomic_save_safetensors, load_safetensors
+
+    cfg = tiny(iterations=4)
+    path = tmp_path / "ckpt.safetensors"
+    Distiller(cfg, digits).fit(2, progress=False, checkpoint_path=path)
+    tensors, meta = load_safetensors(path, "cpu")
+    state = json.loads(meta["state"])
+    del state["config"]["outer_chunk"]
+    atomic_save_safetensors(tensors, path, {**meta, "state": json.dumps(state)})
+    d = Distiller(cfg, digits)
+    d.load_checkpoint(path)
+    assert d.iteration == 2
+    with pytest.raises(ValueError, match="another configuration"):
+        Distiller(tiny(iterations=4, outer_chunk=64), digits).load_checkpoint(path)
+
+
+def test_outer_chunk_runs_and_is_validated(digits):
+    d = Distiller(tiny(iterations=2, outer_chunk=100), digits)
+    d.fit(progress=False)
+    assert d.iteration == 2
+    with pytest.raises(ValueError, match="outer_chunk"):
+        tiny(outer_chunk=0)

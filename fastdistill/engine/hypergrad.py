@@ -76,6 +76,7 @@ def hypergradient(
     engine: Engine = "adjoint",
     checkpoint_every: int | None = None,
     checkpoint_slots: int | None = None,
+    outer_chunk: int | None = None,
     checkpoint_outer_slots: int | None = None,
     truncate: int | None = None,
     rng_seed: int | None = None,
@@ -102,6 +103,11 @@ def hypergradient(
             while the outer loss runs on the real batch, usually the largest activations of the
             computation (default ``DEFAULT_OUTER_SLOTS``; ``checkpoint_slots`` = plain revolve,
             fewer recomputed steps).
+        outer_chunk: adjoint only; run the real-batch outer pass (loss and gradient at
+            ``w_T``) over chunks of at most this many examples and add them up, so its
+            activations, the peak of the call for large real batches or long texts, shrink by
+            ``len(real_x) / outer_chunk``; the result equals the unchunked one up to rounding.
+            ``unroll`` keeps its whole graph and ignores it.
         truncate: back-propagate through the last ``truncate`` steps only (None = exact).
         rng_seed: base seed that makes stochastic layers (dropout) replay the same masks in
             every engine and in the adjoint's recomputation; drawn when None.
@@ -110,23 +116,19 @@ def hypergradient(
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     schedule = _checkpoint_schedule(checkpoint_every, checkpoint_slots, checkpoint_outer_slots)
+    if outer_chunk is not None and int(outer_chunk) < 1:
+        raise ValueError(f"outer_chunk must be >= 1, got {outer_chunk}")
     if model.stochastic and rng_seed is None:
         rng_seed = int(torch.randint(0, 2**62, (1,)).item())
-    run = _adjoint if engine == "adjoint" else _unroll
-    return run(
-        model,
-        w0,
-        data,
-        labels,
-        raw_lrs,
-        real_x,
-        real_y,
-        label_kind,
-        learn_labels,
-        schedule,
-        truncate,
-        rng_seed,
-    )
+    if engine == "unroll":
+        return _unroll(
+            model, w0, data, labels, raw_lrs, real_x, real_y, label_kind, learn_labels,
+            schedule, truncate, rng_seed,
+        )  # fmt: skip
+    return _adjoint(
+        model, w0, data, labels, raw_lrs, real_x, real_y, label_kind, learn_labels,
+        schedule, truncate, rng_seed, outer_chunk,
+    )  # fmt: skip
 
 
 # -- shared pieces ----------------------------------------------------------------------------
@@ -252,9 +254,28 @@ def _checkpoint_schedule(every: int | None, slots: int | None, outer: int | None
     return lambda n, start: binomial_schedule(n, slots, start, outer)
 
 
+def chunked_outer_value_and_grad(
+    model: FlatModel, w: Tensor, x: Tensor, y: Tensor, binary: bool, chunk: int | None
+) -> tuple[Tensor, Tensor]:
+    """``fused_step.outer_value_and_grad`` over chunks of the real batch: per-net losses and
+    gradients weighted by chunk size, so the sum is the full batch's mean."""
+    n = x.shape[0]
+    if chunk is None or chunk >= n:
+        return fused_step.outer_value_and_grad(model, w, x, y, binary)
+    value = grad = None
+    for start in range(0, n, chunk):
+        xs, ys = x[start : start + chunk], y[start : start + chunk]
+        v, g = fused_step.outer_value_and_grad(model, w, xs, ys, binary)
+        share = xs.shape[0] / n
+        value = v * share if value is None else value.add_(v, alpha=share)
+        grad = g * share if grad is None else grad.add_(g, alpha=share)
+    return value, grad
+
+
 def _adjoint(
-    model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, schedule, truncate, seed
-) -> Hypergradient:
+    model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, schedule, truncate, seed,
+    outer_chunk=None,
+) -> Hypergradient:  # fmt: skip
     T, S = raw_lrs.numel(), data.shape[0]
     first = _first_step(truncate, T)
     data, labels, raw = data.detach(), labels.detach(), raw_lrs.detach()
@@ -267,7 +288,9 @@ def _adjoint(
         return ops.inner_update(w.detach(), g, raw[t])
 
     def outer(w_T: Tensor) -> tuple[Tensor, Tensor]:
-        return fused_step.outer_value_and_grad(model, w_T, real_x, real_y, kind == "binary")
+        return chunked_outer_value_and_grad(
+            model, w_T, real_x, real_y, kind == "binary", outer_chunk
+        )
 
     grad_data = torch.zeros_like(data)
     grad_labels = torch.zeros_like(labels) if learn_labels else None

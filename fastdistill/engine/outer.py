@@ -36,6 +36,16 @@ CHECKPOINT_FORMAT = "fastdistill.checkpoint/1"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _same_config(saved: dict[str, Any], config: DistillConfig) -> bool:
+    """The checkpoint's configuration is this run's; fields added to DistillConfig after the
+    checkpoint was written count as equal while this run keeps their defaults."""
+    current = json.loads(json.dumps(config.to_dict()))
+    defaults = json.loads(json.dumps(DistillConfig().to_dict()))
+    return all(
+        saved[k] == v if k in saved else v == defaults.get(k) for k, v in current.items()
+    ) and set(saved) <= set(current)
+
+
 class NonFiniteLossError(RuntimeError):
     """The outer loss or a hypergradient became NaN/inf; the last good state is kept."""
 
@@ -171,6 +181,7 @@ class Distiller:
             engine=c.engine,
             checkpoint_every=c.checkpoint_every,
             checkpoint_slots=c.checkpoint_slots,
+            outer_chunk=c.outer_chunk,
             rng_seed=seed,
         )
         loss = float(hg.outer_loss.mean())
@@ -360,7 +371,7 @@ class Distiller:
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a fastdistill checkpoint")
         state = json.loads(meta["state"])
-        if state["config"] != json.loads(json.dumps(self.config.to_dict())):
+        if not _same_config(state["config"], self.config):
             raise ValueError(f"{path} was written by a run with another configuration")
         d = self.distilled
         with torch.no_grad():

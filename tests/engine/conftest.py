@@ -23,3 +23,22 @@ def golden_dir(shared_data):
     if not path.is_dir():
         pytest.skip(f"golden reference folder not found at {path}")
     return path
+
+
+@pytest.fixture
+def fused_on():
+    """Fused steps on (whatever FASTDISTILL_FUSED says), restored afterwards."""
+    from fastdistill.engine import fused_step as fs
+
+    fs.set_fused(True)
+    yield
+    fs.set_fused(None)
+
+
+@pytest.fixture(params=["cpp", "python"])
+def impl(request, monkeypatch):
+    """The one-call C++ step (where the model and the build allow it) or the Python one."""
+    from fastdistill.engine import fused_step as fs
+
+    monkeypatch.setattr(fs, "_seq_enabled", request.param == "cpp")
+    return request.param

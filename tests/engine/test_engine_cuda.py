@@ -2,7 +2,8 @@
 
 Every test builds its problem on the CPU, copies it to the GPU and compares with the CPU result,
 so the CUDA kernels the fused steps call (conv_pool, soft_label_loss, the C++ step) are checked
-end to end, not only op by op.
+end to end, not only op by op. The golden-reference test runs on the GPU too
+(tests/engine/test_hypergrad.py, device parameter).
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import copy
 
 import pytest
 import torch
-from engine_problems import load_golden, make_problem
+from engine_problems import make_problem
 from test_fused_step import MODELS as STEP_MODELS
 from test_fused_step import problem
 
 from fastdistill.engine import FlatModel, hypergradient
 from fastdistill.engine import fused_step as fs
-from fastdistill.models import LeNet
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("fused_on")]
 DEV = "cuda"
 
 
@@ -31,19 +31,6 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def on_gpu(model: FlatModel) -> FlatModel:
     """The same model with its module (parameters and buffers) on the GPU."""
     return FlatModel(copy.deepcopy(model.module).to(DEV))
-
-
-@pytest.fixture(autouse=True)
-def _fused_on():
-    fs.set_fused(True)
-    yield
-    fs.set_fused(None)
-
-
-@pytest.fixture(params=["cpp", "python"])
-def impl(request, monkeypatch):
-    monkeypatch.setattr(fs, "_seq_enabled", request.param == "cpp")
-    return request.param
 
 
 @pytest.mark.parametrize("kind", ["soft", "binary"])
@@ -89,27 +76,3 @@ def test_float32_on_gpu_is_close_to_float64_on_cpu():
     assert a.grad_data.dtype == torch.float32
     for x, y in ((a.grad_data, u.grad_data), (a.grad_raw_lrs, u.grad_raw_lrs)):
         assert rel(x, y) < 1e-3
-
-
-@pytest.mark.parametrize("engine", ["unroll", "adjoint"])
-@pytest.mark.parametrize("case", ["lenet_fixed_soft_s2e2", "lenet_2nets_hard_s1e3"])
-def test_reproduces_original_code_hypergradients_on_gpu(golden_dir, case, engine):
-    g = {k: v.to(DEV) for k, v in load_golden(golden_dir / f"{case}.npz").items()}
-    learn = "grad_labels" in g
-    hg = hypergradient(
-        FlatModel(LeNet().double().to(DEV)),
-        g["w0"],
-        g["data"],
-        g["labels"],
-        g["raw_lrs"].reshape(-1),
-        g["real_x"],
-        g["real_y"],
-        learn_labels=learn,
-        engine=engine,
-        checkpoint_every=2,
-    )
-    assert rel(hg.outer_loss, g["outer_loss"]) < 1e-10
-    assert rel(hg.grad_data, g["grad_data"]) < 1e-10
-    assert rel(hg.grad_raw_lrs, g["grad_raw_lrs"].reshape(-1)) < 1e-10
-    if learn:
-        assert rel(hg.grad_labels, g["grad_labels"]) < 1e-10

@@ -14,6 +14,7 @@ from fastdistill.engine import fused_step as fs
 from fastdistill.models import MLP, AlexCifarNet, ConvNet, LeNet
 
 TOL = 1e-10
+pytestmark = pytest.mark.usefixtures("fused_on")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -98,20 +99,6 @@ def _children(module: nn.Module) -> list[nn.Module]:
 def _width(module: nn.Module, shape) -> int:
     with torch.no_grad():
         return module(torch.zeros(1, *shape, dtype=torch.float64)).shape[-1]
-
-
-@pytest.fixture(autouse=True)
-def _fused_on():
-    fs.set_fused(True)
-    yield
-    fs.set_fused(None)
-
-
-@pytest.fixture(params=["cpp", "python"])
-def impl(request, monkeypatch):
-    """The one-call C++ step (where the model and the build allow it) or the Python one."""
-    monkeypatch.setattr(fs, "_seq_enabled", request.param == "cpp")
-    return request.param
 
 
 @pytest.mark.parametrize("learn_labels", [True, False])

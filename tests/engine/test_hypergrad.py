@@ -16,12 +16,14 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("engine", ["unroll", "adjoint"])
 @pytest.mark.parametrize("case", ["lenet_fixed_soft_s2e2", "lenet_2nets_hard_s1e3"])
-def test_reproduces_original_code_hypergradients(golden_dir, case, engine):
-    g = load_golden(golden_dir / f"{case}.npz")
+def test_reproduces_original_code_hypergradients(golden_dir, case, engine, device):
+    g = {k: v.to(device) for k, v in load_golden(golden_dir / f"{case}.npz").items()}
+    tol = 1e-12 if device == "cpu" else 1e-10  # other summation orders on the GPU
     learn = "grad_labels" in g
-    model = FlatModel(LeNet().double())
+    model = FlatModel(LeNet().double().to(device))
     hg = hypergradient(
         model,
         g["w0"],
@@ -34,11 +36,11 @@ def test_reproduces_original_code_hypergradients(golden_dir, case, engine):
         engine=engine,
         checkpoint_every=2,
     )
-    assert rel(hg.outer_loss, g["outer_loss"]) < 1e-12
-    assert rel(hg.grad_data, g["grad_data"]) < 1e-12
-    assert rel(hg.grad_raw_lrs, g["grad_raw_lrs"].reshape(-1)) < 1e-12
+    assert rel(hg.outer_loss, g["outer_loss"]) < tol
+    assert rel(hg.grad_data, g["grad_data"]) < tol
+    assert rel(hg.grad_raw_lrs, g["grad_raw_lrs"].reshape(-1)) < tol
     if learn:
-        assert rel(hg.grad_labels, g["grad_labels"]) < 1e-12
+        assert rel(hg.grad_labels, g["grad_labels"]) < tol
     else:
         assert hg.grad_labels is None
 

@@ -18,6 +18,7 @@ from fastdistill.distilled import DistilledSet
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.init import InitScheme, sample_weights
 from fastdistill.engine.losses import inner_loss, outer_loss, predictions
+from fastdistill.models.text import first_order
 
 
 @dataclass
@@ -54,7 +55,7 @@ def train_on_distilled(model: FlatModel, w0: Tensor, distilled: DistilledSet) ->
     w = w0.detach()
     for t in range(d.total_steps):
         s = t % d.steps
-        with torch.enable_grad():
+        with torch.enable_grad(), first_order():
             w = w.requires_grad_()
             loss = inner_loss(
                 model.forward(w, d.data[s].detach(), train=True), d.labels[s].detach(), d.label_kind
@@ -87,7 +88,8 @@ def accuracy(
         xb = x[i : i + batch_size].to(w.device)
         xb = (transform(xb) if transform is not None else xb).to(w.dtype)
         yb = y[i : i + batch_size].to(w.device)
-        pred = predictions(model.forward(w, xb, train=False), binary)
+        with first_order():
+            pred = predictions(model.forward(w, xb, train=False), binary)
         correct += (pred == yb).sum(-1)
     return correct.double() / x.shape[0]
 
@@ -174,7 +176,9 @@ def train_full_data(
         perm = torch.randperm(n, generator=gen, device=device)
         for i in range(0, n, batch_size):
             idx = perm[i : i + batch_size]
-            logits = model.forward(w, data.model_inputs(data.train_x[idx]).to(dtype), train=True)
+            with first_order():
+                inputs = data.model_inputs(data.train_x[idx]).to(dtype)
+                logits = model.forward(w, inputs, train=True)
             loss = outer_loss(logits, data.train_y[idx], data.binary).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

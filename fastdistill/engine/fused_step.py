@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from fastdistill import _extension
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.losses import LabelKind, inner_loss, outer_loss
+from fastdistill.models.text import first_order
 
 __all__ = [
     "describe",
@@ -1167,8 +1168,9 @@ def autograd_inner_hvp(
 def autograd_outer_value_and_grad(
     model: FlatModel, w: Tensor, x: Tensor, y: Tensor, binary: bool
 ) -> tuple[Tensor, Tensor]:
-    """``outer_value_and_grad`` by autograd (any model)."""
-    with torch.enable_grad():
+    """``outer_value_and_grad`` by autograd (any model; first order, so recurrent models may
+    run torch's fused RNN kernels)."""
+    with torch.enable_grad(), first_order():
         w_ = w.detach().requires_grad_()
         per_net = outer_loss(model.forward(w_, x, train=False), y, binary)
         (g,) = torch.autograd.grad(per_net.mean(), w_)

@@ -7,19 +7,40 @@ directly in embedding space, so the models have no embedding layer and return lo
 The engine differentiates every model twice (Hessian-vector products) under
 ``torch.func.functional_call`` and ``vmap``. cuDNN's fused RNN kernels have no double backward,
 so the recurrent models run their recurrence step by step in plain PyTorch ops; their parameters
-still live in an ``nn.RNN``/``nn.LSTM`` (never called) so the names, shapes and Xavier init are
-those of the original code's layers.
+live in an ``nn.RNN``/``nn.LSTM`` so the names, shapes and Xavier init are those of the original
+code's layers. Inside :func:`first_order` (passes that need first derivatives only: the engine's
+real-batch outer pass, evaluation, full-data training) that layer itself runs, i.e. torch's own
+RNN kernels (cuDNN on a GPU): the same function, 1.4x faster on a CPU and far fewer launches on
+a GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextvars
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BiLSTM", "BiRNN", "TextConvNet"]
+__all__ = ["BiLSTM", "BiRNN", "TextConvNet", "first_order"]
+
+_FIRST_ORDER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fastdistill_first_order", default=False
+)
+
+
+@contextmanager
+def first_order() -> Iterator[None]:
+    """Promise that nothing computed inside is differentiated twice: recurrent models may then
+    run torch's fused RNN kernels (cuDNN's have no double backward)."""
+    token = _FIRST_ORDER.set(True)
+    try:
+        yield
+    finally:
+        _FIRST_ORDER.reset(token)
 
 
 class TextConvNet(nn.Module):
@@ -106,7 +127,7 @@ class _BiRecurrent(nn.Module):
         self.layers = layers
         self.use_lengths = use_lengths
         cls = nn.LSTM if self._mode == "LSTM" else nn.RNN
-        # Parameter holder only (never called: cuDNN has no double backward).
+        # Parameter holder; run itself only inside first_order() (cuDNN has no double backward).
         self.rnn = cls(embed_dim, hidden, num_layers=layers, bidirectional=True, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(2 * hidden, num_outputs)
@@ -124,6 +145,8 @@ class _BiRecurrent(nn.Module):
             valid = pos < lengths.to(x.device).unsqueeze(-1)  # [N, L]
             # step t reads position t forwards and position L-1-t backwards
             mask = torch.stack([valid, valid.flip(-1)]).unsqueeze(-1)  # [2, N, L, 1]
+        if mask is None and _FIRST_ORDER.get() and self._fused_rnn_allowed(x):
+            return self._forward_fused_rnn(x)
         h = self.dropout(x)
         final = h
         for layer in range(self.layers):
@@ -131,6 +154,22 @@ class _BiRecurrent(nn.Module):
             h, final = self._layer(h, layer, mask, keep_outputs=not top)
             if not top:
                 h = self.dropout(h)
+        return self.fc(self.dropout(final))
+
+    def _fused_rnn_allowed(self, x: Tensor) -> bool:
+        """torch's RNN computes this function unless dropout acts between layers (ours drops
+        between layers in training mode; nn.LSTM here has none) or nets are vmap-batched."""
+        if self.training and self.dropout.p > 0 and self.layers > 1:
+            return False
+        batched = torch._C._functorch.is_batchedtensor
+        return not (batched(x) or batched(self.rnn.weight_ih_l0))
+
+    def _forward_fused_rnn(self, x: Tensor) -> Tensor:
+        with warnings.catch_warnings():  # functional_call's weights are not one cuDNN buffer
+            warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+            _, state = self.rnn(self.dropout(x))
+        h_n = state[0] if isinstance(state, tuple) else state  # LSTM: (h_n, c_n)
+        final = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # last layer, both directions
         return self.fc(self.dropout(final))
 
     def _weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:

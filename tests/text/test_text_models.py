@@ -244,3 +244,48 @@ def test_double_backward_on_cuda(name):
         results.append((hvp.cpu(), mixed.cpu()))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-10)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-10)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+@pytest.mark.parametrize("cls", [BiRNN, BiLSTM])
+def test_first_order_passes_run_torch_rnn_with_the_same_function(cls, device):
+    """Inside first_order() one net runs nn.LSTM/nn.RNN itself (cuDNN on a GPU): same logits
+    and first derivatives w.r.t. the flat weights as the step-by-step recurrence."""
+    from fastdistill.models.text import first_order
+
+    torch.manual_seed(3)
+    model = FlatModel(cls(D, 3, 7, hidden=5).double().to(device))
+    w = sample_weights(model, 1, dtype=torch.float64).to(device).requires_grad_()
+    x = torch.randn(4, 7, D, dtype=torch.float64, device=device)
+    calls = []
+    hook = model.module.rnn.register_forward_hook(lambda *a: calls.append(1))
+    loop = model.forward(w, x, train=False)
+    (g_loop,) = torch.autograd.grad(loop.square().sum(), w)
+    assert not calls  # the recurrence ran step by step
+    with first_order():
+        fused = model.forward(w, x, train=False)
+        (g_fused,) = torch.autograd.grad(fused.square().sum(), w)
+    hook.remove()
+    assert calls  # torch's RNN ran
+    assert torch.allclose(fused, loop, atol=1e-12)
+    assert torch.allclose(g_fused, g_loop, atol=1e-12, rtol=1e-10)
+
+
+def test_first_order_keeps_the_recurrence_where_torch_rnn_differs():
+    """Several vmap-ed nets, lengths masks, and dropout between layers in training mode are
+    not what nn.LSTM computes here: those keep the step-by-step path."""
+    from fastdistill.models.text import first_order
+
+    torch.manual_seed(4)
+    m = BiLSTM(D, 3, 7, hidden=5, dropout=0.5)
+    calls = []
+    m.rnn.register_forward_hook(lambda *a: calls.append(1))
+    model = FlatModel(m)
+    x = torch.randn(4, 7, D)
+    with first_order():
+        model.forward(sample_weights(model, 3), x, train=False)  # vmap over 3 nets
+        m(x, torch.tensor([7, 3, 1, 5]))  # lengths
+        m.train()(x)  # inter-layer dropout
+        assert not calls
+        m.eval()(x)
+        assert calls

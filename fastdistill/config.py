@@ -217,10 +217,10 @@ def _text_presets() -> list[Preset]:
             outer_epochs=100,
             decay_epochs=30,
         )
-        if dataset == "imdb":
-            # The real-batch pass over 1024 reviews of 400 words is the peak of an iteration
-            # (822 MB); in chunks of 256 it is ~4x smaller and no slower on a CPU (RESULTS.md).
-            base = base.replace(outer_chunk=256)
+        # The real-batch pass over 1024 sentences is the peak of a text iteration (IMDB shape
+        # 822 MB, TREC shape with torch's LSTM kernels 1,072 MB); in chunks of 256 it is ~4x
+        # smaller at the same speed on a CPU (RESULTS.md).
+        base = base.replace(outer_chunk=256)
         if dataset == "trec6":
             # TREC-6 has 5 real batches per pass: the defaults (100 passes, halved every 30,
             # inner steps from 0.02) end with the loss still falling (60.6% for 6 sentences);

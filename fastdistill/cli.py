@@ -37,6 +37,22 @@ def _device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+def _init_torchrun(device: torch.device) -> torch.device:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPUs)
+    and give each rank its own GPU. Returns the device this rank uses."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
 def _cmd_distill(args: argparse.Namespace) -> int:
     from fastdistill import backend_info
     from fastdistill.engine.outer import Distiller
@@ -53,7 +69,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     config = preset.config.replace(**overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(args.device)
+    device = _init_torchrun(_device(args.device))
+    from fastdistill.engine.distributed import is_main_rank
+
+    main_rank = is_main_rank()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -64,7 +83,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if args.resume and ckpt.exists():
         distiller.load_checkpoint(ckpt, allow_device_change=args.allow_device_change)
         print(f"resumed from {ckpt} at iteration {distiller.iteration}")
-    print(
+    print_main = print if main_rank else (lambda *a, **k: None)
+    print_main(
         f"distilling preset {args.preset}: {distiller.total_iterations} iterations on {device}, "
         f"model {config.model} ({distiller.model.num_params} parameters), "
         f"{distiller.distilled.num_samples} distilled samples, T={config.total_steps}"
@@ -85,11 +105,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             )
 
     distiller.fit(
-        progress=not args.quiet,
+        progress=not args.quiet and main_rank,
         checkpoint_path=ckpt,
         checkpoint_every=args.checkpoint_every,
-        callback=report_line,
+        callback=report_line if main_rank else None,
     )
+    if not main_rank:  # every rank holds the same set; rank 0 evaluates and writes
+        return 0
     distiller.distilled.save(out / "distilled.safetensors")
     decoded = None
     if distiller.data.describe().get("kind") == "text":

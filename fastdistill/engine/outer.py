@@ -26,6 +26,7 @@ from fastdistill.data import RealBatchSampler, load_dataset
 from fastdistill.data.protocol import DistillData
 from fastdistill.data.split import split_validation
 from fastdistill.distilled import DistilledSet, atomic_save_safetensors, load_safetensors
+from fastdistill.engine.distributed import Shard, all_reduce_sum, is_main_rank, rank_and_world
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.hypergrad import hypergradient
 from fastdistill.engine.init import sample_weights
@@ -168,6 +169,10 @@ class Distiller:
         idx = idx.to(self.device)
         w0 = self.sample_init()
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        # torchrun: every rank drew the same nets and batch; it keeps its shard (distributed.py)
+        rank, world = rank_and_world()
+        shard = Shard.of(w0.shape[0], idx.numel(), rank, world)
+        w0, idx = w0[shard.nets], idx[shard.batch]
         hg = hypergradient(
             self.model,
             w0,
@@ -184,8 +189,14 @@ class Distiller:
             outer_chunk=c.outer_chunk,
             rng_seed=seed,
         )
-        loss = float(hg.outer_loss.mean())
         grads = [hg.grad_data, hg.grad_raw_lrs] + ([hg.grad_labels] if d.learn_labels else [])
+        if world > 1:
+            *grads, loss_t = all_reduce_sum(
+                [g * shard.share for g in grads] + [hg.outer_loss.mean().reshape(1) * shard.share]
+            )
+            loss = float(loss_t)
+        else:
+            loss = float(hg.outer_loss.mean())
         if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
             raise NonFiniteLossError(
                 f"non-finite outer loss ({loss}) or hypergradient at iteration {self.iteration}; "
@@ -354,6 +365,9 @@ class Distiller:
         return tensors, state
 
     def save_checkpoint(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (rank 0 only under torchrun; the ranks agree)."""
+        if not is_main_rank():
+            return Path(path)
         tensors, state = self.state_dict()
         meta = {"format": CHECKPOINT_FORMAT, "state": json.dumps(state)}
         atomic_save_safetensors(tensors, Path(path), meta)

@@ -165,9 +165,16 @@ class _BiRecurrent(nn.Module):
         return not (batched(x) or batched(self.rnn.weight_ih_l0))
 
     def _forward_fused_rnn(self, x: Tensor) -> Tensor:
-        with warnings.catch_warnings():  # functional_call's weights are not one cuDNN buffer
-            warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
-            _, state = self.rnn(self.dropout(x))
+        # cuDNN refuses a backward through an RNN run in eval mode; this nn.LSTM/nn.RNN has no
+        # dropout of its own, so its training mode computes the same function.
+        rnn_mode = self.rnn.training
+        self.rnn.train(rnn_mode or torch.is_grad_enabled())
+        try:
+            with warnings.catch_warnings():  # functional_call's weights are not one cuDNN buffer
+                warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+                _, state = self.rnn(self.dropout(x))
+        finally:
+            self.rnn.train(rnn_mode)
         h_n = state[0] if isinstance(state, tuple) else state  # LSTM: (h_n, c_n)
         final = torch.cat([h_n[-2], h_n[-1]], dim=-1)  # last layer, both directions
         return self.fc(self.dropout(final))

@@ -82,13 +82,14 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     ckpt = out / "checkpoint.safetensors"
     if args.resume and ckpt.exists():
         distiller.load_checkpoint(ckpt, allow_device_change=args.allow_device_change)
-        print(f"resumed from {ckpt} at iteration {distiller.iteration}")
-    print_main = print if main_rank else (lambda *a, **k: None)
-    print_main(
-        f"distilling preset {args.preset}: {distiller.total_iterations} iterations on {device}, "
-        f"model {config.model} ({distiller.model.num_params} parameters), "
-        f"{distiller.distilled.num_samples} distilled samples, T={config.total_steps}"
-    )
+        if main_rank:
+            print(f"resumed from {ckpt} at iteration {distiller.iteration}")
+    if main_rank:
+        print(
+            f"distilling preset {args.preset}: {distiller.total_iterations} iterations on {device}, "
+            f"model {config.model} ({distiller.model.num_params} parameters), "
+            f"{distiller.distilled.num_samples} distilled samples, T={config.total_steps}"
+        )
 
     def report_line(d: Distiller, stats: dict[str, float]) -> None:
         if args.log_every and d.iteration % args.log_every == 0:

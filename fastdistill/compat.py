@@ -107,8 +107,11 @@ def steps_hypergradient(
         learn_labels = any(lab.requires_grad for lab in labels)
     if hard and learn_labels:
         raise ValueError("class-index labels cannot be learned; pass label rows [N, K]")
-    k = int(flat.forward(w0[:1], data[0][:1].to(w0), train=False).shape[-1])
-    rows = [F.one_hot(lab, k).to(w0) if hard else lab.detach().to(w0) for lab in labels]
+    if hard:  # class indices -> one-hot rows of the model's output width
+        k = int(flat.forward(w0[:1], data[0][:1].to(w0), train=False).shape[-1])
+        rows = [F.one_hot(lab, k).to(w0) for lab in labels]
+    else:
+        rows = [lab.detach().to(w0) for lab in labels]
     lrs = torch.stack([lr.detach().reshape(()) for _, _, lr in steps]).to(w0)
     raw = _inverse_softplus(lrs)
     # One distilled batch per step (S = T): gradients come back per step, as the original's do.

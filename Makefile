@@ -22,10 +22,10 @@ CSRC := $(shell find csrc -type f 2>/dev/null)
 PYTEST_ARGS ?=
 
 # One line describing the extension and backend (printed before tests).
-INFO_PY := import json, fastdistill._extension as e; \
+INFO_PY := import json, fastdistill.ops as e; \
   print('fastdistill backend_info:', json.dumps(e.backend_info()))
 # Fails unless the extension loads (or was deliberately skipped with FASTDISTILL_NO_EXTENSION=1).
-CHECK_PY := import os, fastdistill._extension as e; i = e.backend_info(); \
+CHECK_PY := import os, fastdistill.ops as e; i = e.backend_info(); \
   print('fastdistill._C:', 'loaded, CUDA' if i['built_with_cuda'] else 'loaded, CPU only') \
   if i['extension_loaded'] else None; \
   raise SystemExit(0 if i['extension_loaded'] or os.environ.get('FASTDISTILL_NO_EXTENSION') \

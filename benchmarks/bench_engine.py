@@ -1,9 +1,9 @@
 """One outer iteration (hypergradient of the outer loss w.r.t. data, labels and step sizes),
 ``unroll`` engine vs ``adjoint`` engine, time and peak tensor memory, on the shapes for which
-SPEC §10 gives the original code's figures. Each case is one benchmark group; the peak memory
+docs/algorithm.md §10 gives the original code's figures. Each case is one benchmark group; the peak memory
 of each run is in ``extra_info["peak_mb"]``.
 
-Original code, 2-core CPU (SPEC §10): LeNet fixed init S=10 E=3: 0.147 s, 146 MB; T=3: 0.058 s;
+Original code, 2-core CPU (docs/algorithm.md §10): LeNet fixed init S=10 E=3: 0.147 s, 146 MB; T=3: 0.058 s;
 random init 4 nets: 0.67 s, 282 MB; AlexCifarNet T=30: ~4 s, 2.7 GB.
 """
 
@@ -99,7 +99,7 @@ def test_memory_vs_unroll_length(benchmark, schedule, T):
 
 # -- issue 3: the fused inner step --------------------------------------------------------------
 # unroll (autograd oracle) vs adjoint with the autograd inner step vs adjoint with the fused
-# inner step (fastdistill.engine.fused_step: hand-derived HVPs, conv_pool kernels, seq_step).
+# inner step (fastdistill.engine.fused: hand-derived HVPs, conv_pool kernels, seq_step).
 FUSED_CASES = ["lenet-fixed-S10E3", "lenet-random-4nets-S10E3", "lenet-random-32nets-S10E3"]
 IMPLS = {
     "unroll": ("unroll", False),
@@ -114,7 +114,7 @@ def tensor_peak_mb(fn) -> float:
 
 
 def _run_impl(problem, impl: str, **kwargs):
-    from fastdistill.engine import fused_step
+    from fastdistill.engine.fused import step as fused_step
 
     engine, fused = IMPLS[impl]
     fused_step.set_fused(fused)

@@ -29,7 +29,7 @@ import time
 import pytest
 import torch
 
-from fastdistill import _extension
+from fastdistill import ops
 from fastdistill.ops import reference
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -53,8 +53,8 @@ def _large_size() -> tuple[int, int, int]:
 
 
 def _kernels():
-    if not _extension.load():
-        pytest.skip(f"extension not loaded: {_extension.backend_info()['reason']}")
+    if not ops.extension_loaded():
+        pytest.skip(f"extension not loaded: {ops.backend_info()['reason']}")
     return torch.ops.fastdistill
 
 

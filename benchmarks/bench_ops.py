@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastdistill import _extension
+from fastdistill import ops
 from fastdistill.ops import reference
 
 P_LENET = 61706
@@ -31,8 +31,8 @@ def _sync(device: str):
 
 
 def _kernels():
-    if not _extension.load():
-        pytest.skip(f"extension not loaded: {_extension.backend_info()['reason']}")
+    if not ops.extension_loaded():
+        pytest.skip(f"extension not loaded: {ops.backend_info()['reason']}")
     return torch.ops.fastdistill
 
 

@@ -1,4 +1,4 @@
-"""Text shapes (SPEC §10): one outer iteration, ``unroll`` vs ``adjoint``, time and peak tensor
+"""Text shapes (docs/algorithm.md §10): one outer iteration, ``unroll`` vs ``adjoint``, time and peak tensor
 memory, plus nearest-word decoding of a whole distilled IMDB-shape set.
 
 * IMDB shape: TextConvNet, length 400, 100-d embeddings, binary (one logit), 20 distilled
@@ -9,7 +9,7 @@ memory, plus nearest-word decoding of a whole distilled IMDB-shape set.
   E=2), real batch 1024.
 * Decoding: 20 x 400 distilled vectors against a 30,000 x 100 vocabulary table.
 
-Original code, 2-core CPU (SPEC §10): IMDB TextConvNet T=5: 4.6 s, 1.6 GB; TREC-6 Bi-LSTM
+Original code, 2-core CPU (docs/algorithm.md §10): IMDB TextConvNet T=5: 4.6 s, 1.6 GB; TREC-6 Bi-LSTM
 (120 sentences, T=2): 1.05 s, 1.7 GB. The peak memory of each run is in
 ``extra_info["peak_mb"]``.
 """

@@ -12,7 +12,7 @@ import pytest
 def pytest_report_header(config):
     import torch
 
-    from fastdistill._extension import backend_info
+    from fastdistill.ops import backend_info
 
     info = backend_info()
     return [

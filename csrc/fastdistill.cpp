@@ -69,7 +69,7 @@ TORCH_LIBRARY(fastdistill, m) {
   m.def(
       "nearest_embedding(Tensor queries, Tensor table, int k, str metric, Tensor? table_norms) "
       "-> (Tensor values, Tensor indices)");
-  // Per-example inner loss (SPEC §2) of logits [N, K]: kind "soft" (labels [N, K] as raw
+  // Per-example inner loss (docs/algorithm.md §2) of logits [N, K]: kind "soft" (labels [N, K] as raw
   //   weights: -sum_k y_k log_softmax(z)_k), "softmax" (targets softmax(labels)) or "binary"
   //   (BCE-with-logits, logits [N, 1], labels [N]). Returns [N]. The backward op gives
   //   (grad * dl/dlogits, grad * dl/dlabels); the double-backward op the vector-Jacobian

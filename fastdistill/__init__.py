@@ -1,17 +1,18 @@
 """fastdistill: soft-label and text dataset distillation with fused C++/CUDA kernels.
 
-The data flow: user API (``Distiller``, ``fastdistill distill``) -> engine (functional nets,
-hypergradient engines, outer loop) -> ops (``fastdistill.ops``: compiled kernels or the
-pure-PyTorch reference, chosen per call).
+The data flow: user API (``fastdistill distill``, :func:`distill`) -> the outer loop
+(:class:`Distiller`) -> engine (functional nets, inner steps, hypergradients) -> ops
+(``fastdistill.ops``: compiled kernels or the pure-PyTorch reference, chosen per call).
+``docs/ARCHITECTURE.md`` has the layers and what each may import.
 """
 
 from fastdistill import ops
-from fastdistill._extension import backend_info
 from fastdistill.config import PRESETS, DistillConfig, get_preset
 from fastdistill.distilled import DistilledSet
+from fastdistill.distiller import Distiller, NonFiniteLossError
 from fastdistill.engine import FlatModel, Hypergradient, hypergradient, sample_weights
-from fastdistill.engine.outer import Distiller, NonFiniteLossError
 from fastdistill.evaluate import Accuracy, evaluate_distilled, train_full_data
+from fastdistill.ops import backend_info
 
 __version__ = "0.1.0"
 

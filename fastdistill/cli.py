@@ -1,13 +1,22 @@
-"""Command line: ``fastdistill presets | distill | evaluate | reproduce | show | info``."""
+"""Command line: ``fastdistill presets | distill | evaluate | reproduce | show | info``.
+
+Every user mistake ends in one line on stderr, ``fastdistill: error: ...`` naming the value
+and the fix, with exit code 2; ``--debug`` (anywhere on the line) also prints the traceback.
+SIGINT/SIGTERM stop a distillation at the end of the iteration in progress, write the
+checkpoint and exit with 130/143.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
+import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +34,94 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from fastdistill import backend_info
+    from fastdistill.ops import backend_info
 
     print(json.dumps(backend_info(), indent=2, default=str))
     return 0
 
 
+class UsageError(ValueError):
+    """A bad command line (argparse's complaint), reported in one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
+
+
+def _resume_mode(text: str) -> str:
+    if text not in ("auto", "always"):
+        raise argparse.ArgumentTypeError(
+            f"expected nothing or 'auto', got {text!r} (--resume: a checkpoint must exist; "
+            "--resume auto: resume when one exists)"
+        )
+    return text
+
+
 def _device(name: str | None) -> torch.device:
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(
+            f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto"
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: no CUDA GPU is available (torch.cuda.is_available() is "
+                "False); use --device cpu (or auto)"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"--device {name}: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})"
+            )
+    elif device.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"--device {name}: unsupported device type; use cpu, cuda or auto")
+    return device
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be (or be creatable as) a writable folder; checked before any work and
+    without creating anything, so a bad command line leaves no output behind."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(
+            f"--out {out} is a file, not a folder; pass a folder path (created if missing)"
+        )
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {out}: {probe} is a file, not a folder; pass another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {probe} is not writable; choose a writable folder")
+
+
+def _config_with(preset_config: Any, overrides: dict[str, Any], where: str) -> Any:
+    try:
+        return preset_config.replace(**overrides)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 def _init_torchrun(device: torch.device) -> torch.device:
@@ -54,10 +141,10 @@ def _init_torchrun(device: torch.device) -> torch.device:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from fastdistill import backend_info
-    from fastdistill.engine.outer import Distiller
+    from fastdistill.distiller import Distiller
     from fastdistill.evaluate import distillation_ratio, train_full_data
     from fastdistill.models import build_model_for
+    from fastdistill.ops import backend_info
 
     preset = get_preset(args.preset)
     overrides: dict[str, Any] = {}
@@ -65,12 +152,13 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
-    overrides.update(_parse_overrides(args.set))
-    config = preset.config.replace(**overrides)
+    config = _config_with(preset.config, overrides, "invalid option")
+    config = _config_with(config, _parse_overrides(args.set), "--set")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out)
     device = _init_torchrun(_device(args.device))
-    from fastdistill.engine.distributed import is_main_rank
+    from fastdistill.distilled import remove_orphan_temps
+    from fastdistill.distributed import is_main_rank
 
     main_rank = is_main_rank()
     if args.threads:
@@ -80,10 +168,23 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     distiller = Distiller(config, device=device, data_root=args.data_root, download=args.download)
     load_time = time.perf_counter() - start
     ckpt = out / "checkpoint.safetensors"
-    if args.resume and ckpt.exists():
-        distiller.load_checkpoint(ckpt, allow_device_change=args.allow_device_change)
-        if main_rank:
-            print(f"resumed from {ckpt} at iteration {distiller.iteration}")
+    if main_rank:
+        remove_orphan_temps(out, [ckpt.name, "distilled.safetensors"])
+    if args.resume:
+        loaded = distiller.resume(
+            ckpt,
+            allow_device_change=args.allow_device_change,
+            report=lambda msg: print(f"fastdistill: warning: {msg}", file=sys.stderr),
+        )
+        if loaded is None and args.resume == "always":
+            raise ValueError(
+                f"--resume: no checkpoint in {out} ({ckpt.name}); run without --resume to "
+                "start, or pass --resume auto to resume only when one exists"
+            )
+        if loaded is not None and main_rank:
+            print(f"resumed from {loaded} at iteration {distiller.iteration}")
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
     if main_rank:
         print(
             f"distilling preset {args.preset}: {distiller.total_iterations} iterations on {device}, "
@@ -249,7 +350,10 @@ def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastdistill", description=__doc__)
+    parser = _Parser(prog="fastdistill", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (anywhere on the line)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="list the named configurations").set_defaults(fn=_cmd_presets)
     sub.add_parser(
@@ -259,23 +363,35 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="distill a dataset with a preset")
     d.add_argument("--preset", required=True)
     d.add_argument("--out", required=True, help="output folder")
-    d.add_argument("--iterations", type=int, help="outer iterations (default: the preset's)")
-    d.add_argument("--seed", type=int)
+    d.add_argument(
+        "--iterations", type=_non_negative, help="outer iterations (default: the preset's)"
+    )
+    d.add_argument("--seed", type=_non_negative)
     d.add_argument("--engine", choices=["adjoint", "unroll"])
-    d.add_argument("--eval-nets", type=int, help="random-init nets to evaluate (default 200)")
+    d.add_argument("--eval-nets", type=_positive, help="random-init nets to evaluate (default 200)")
     d.add_argument(
         "--full-data-epochs",
-        type=int,
+        type=_non_negative,
         help="also train on all real data for this many epochs, for the ratio r_M",
     )
     d.add_argument("--dtype", choices=["float32", "float64"])
     d.add_argument("--data-root", help="folder laid out like ../shared/data (default: found)")
     d.add_argument("--download", action="store_true", help="allow dataset downloads")
     d.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
-    d.add_argument("--threads", type=int, help="CPU threads for torch")
-    d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    d.add_argument("--threads", type=_positive, help="CPU threads for torch")
+    d.add_argument(
+        "--resume",
+        nargs="?",
+        const="always",
+        type=_resume_mode,
+        metavar="auto",
+        help="continue from OUT/checkpoint.safetensors (an error when there is none); "
+        "`--resume auto`: resume if a checkpoint exists, else start",
+    )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
-    d.add_argument("--log-every", type=int, default=0, help="print a line every N iterations")
+    d.add_argument(
+        "--log-every", type=_non_negative, default=0, help="print a line every N iterations"
+    )
     d.add_argument(
         "--allow-device-change",
         action="store_true",
@@ -284,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_positive,
         default=500,
         help="write OUT/checkpoint.safetensors (atomically) every N iterations (default 500)",
     )
@@ -300,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("path", help="a run folder or a distilled.safetensors file")
     e.add_argument("--model", help="another architecture (cross-architecture evaluation)")
     e.add_argument("--init", choices=["fixed", "random"])
-    e.add_argument("--nets", type=int, default=200)
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--nets", type=_positive, default=200)
+    e.add_argument("--seed", type=_non_negative, default=0)
     e.add_argument("--data-root")
     e.add_argument("--device", default="auto")
     e.set_defaults(fn=_cmd_evaluate)
@@ -315,43 +431,142 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cells", help="comma-separated cell keys to run (default: all)")
     r.add_argument(
         "--estimate",
-        type=int,
+        type=_positive,
         metavar="N",
         help="time N iterations of each distillation cell and record the projected wall time",
     )
-    r.add_argument("--eval-nets", type=int, help="random-init nets per evaluation (default 200)")
+    r.add_argument(
+        "--eval-nets", type=_positive, help="random-init nets per evaluation (default 200)"
+    )
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every cell")
     r.add_argument("--data-root")
     r.add_argument("--download", action="store_true")
     r.add_argument("--device", default="auto")
-    r.add_argument("--threads", type=int)
+    r.add_argument("--threads", type=_positive)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=_cmd_reproduce)
     s = sub.add_parser("show", help="render the figures of a saved run (PNG and PDF)")
     s.add_argument("run_dir", help="a `fastdistill distill` output folder")
     s.add_argument("--out", help="output folder (default RUN_DIR/figures)")
     s.set_defaults(fn=_cmd_show)
+    b = sub.add_parser(
+        "bench", help="seconds per outer iteration on the benchmark shapes A-F (JSON with --json)"
+    )
+    b.add_argument("shapes", nargs="*", default=["A", "B", "C"], help="shape names (A-F)")
+    b.add_argument("--engine", default="adjoint", choices=["adjoint", "unroll"])
+    b.add_argument("--iters", type=int, default=15, help="timed iterations per shape")
+    b.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--real-batch", type=int, default=1024)
+    b.add_argument("--json", help="write the results here")
+    b.set_defaults(fn=_cmd_bench)
     return parser
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastdistill.bench import SHAPES, bench_shape, write_json
+
+    unknown = [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown bench shape(s) {unknown}; choose from {', '.join(SHAPES)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    results = []
+    for name in args.shapes:
+        r = bench_shape(name, args.engine, args.iters, args.warmup, args.device, args.real_batch)
+        print(r.line(), flush=True)
+        results.append(r)
+    if args.json:
+        write_json(results, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _interrupt_on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    from fastdistill.distiller import Interrupted
+
+    raise Interrupted(signum)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+def _error_line(err: BaseException) -> tuple[str, int]:
+    """The one line (without the ``fastdistill:`` prefix) and exit code for an exception."""
+    from fastdistill.distiller import Interrupted
+
+    if isinstance(err, Interrupted):
+        return str(err), err.exit_code
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted", 130
+    if _is_out_of_memory(err):
+        detail = _one_line(err)
+        if len(detail) > 160:
+            detail = detail[:157] + "..."
+        hint = (
+            "lower real_batch_size (--set real_batch_size=256), compute the real batch in "
+            "chunks (--set outer_chunk=128), store fewer inner steps (--set "
+            "checkpoint_every=4), or use a device with more memory"
+        )
+        return f"error: out of memory ({type(err).__name__}: {detail}); {hint}", 2
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        where = f" ({err.filename})" if err.filename and str(err.filename) not in str(err) else ""
+        return f"error: {_one_line(err)}{where}", 2
+    if isinstance(err, (ValueError, FileNotFoundError)):
+        return f"error: {_one_line(err)}", 2
+    from fastdistill.distiller import NonFiniteLossError
+
+    if isinstance(err, NonFiniteLossError):
+        return f"error: {_one_line(err)}", 2
+    hint = "rerun with --debug for the traceback, and please report it"
+    return f"internal error: {type(err).__name__}: {_one_line(err)} ({hint})", 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"fastdistill: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # A job scheduler's or `timeout`'s SIGTERM stops a run like Ctrl-C does: the running
-    # distillation writes its checkpoint before exiting, so `--resume` loses nothing.
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("FASTDISTILL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+        # A job scheduler's or `timeout`'s SIGTERM stops a run like Ctrl-C does; inside the
+        # distillation loop both finish the iteration and write the checkpoint (distiller.py).
+        previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     try:
-        return args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"fastdistill: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        print(f"fastdistill: interrupted ({err or 'Ctrl-C'})", file=sys.stderr)
-        return 130
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            args = build_parser().parse_args(argv)
+            return args.fn(args)
+    except SystemExit:
+        raise
+    except BaseException as err:  # noqa: BLE001 (every failure ends in one line)
+        if debug:
+            traceback.print_exc()
+        line, code = _error_line(err)
+        print(f"fastdistill: {line}", file=sys.stderr)
+        return code
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

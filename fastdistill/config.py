@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from fastdistill.distilled import LABEL_INITS
 from fastdistill.engine.hypergrad import ENGINES
@@ -13,7 +19,7 @@ from fastdistill.engine.init import INIT_SCHEMES
 
 @dataclass
 class DistillConfig:
-    """Everything that defines a distillation run. Defaults follow SPEC §1-3."""
+    """Everything that defines a distillation run. Defaults follow docs/algorithm.md §1-3."""
 
     # data and model
     dataset: str = "digits"
@@ -50,6 +56,7 @@ class DistillConfig:
     checkpoint_every: int | None = None  # adjoint: uniform schedule, every k-th weight vector
     checkpoint_slots: int | None = None  # adjoint: binomial schedule slots (None: default)
     outer_chunk: int | None = None  # adjoint: real-batch outer pass in chunks (memory)
+    checkpoint_memory_mb: float | None = None  # adjoint: stored weights budget (None: 256 MiB)
     # evaluation
     eval_nets: int = 200
     validation: float = 0.0  # fraction of the training set held out to keep the best set
@@ -59,7 +66,26 @@ class DistillConfig:
     dtype: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # JSON gives lists
+        self._check_types()
+        self._check_choices()
+        self._check_ranges()
+        self._check_model()
+
+    def _check_types(self) -> None:
+        # types first (values from --set or a config file are JSON): one clear error per field
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = _expected(value, _field_types()[f.name])
+            if expected is not None:
+                example = _example(f)
+                raise ValueError(
+                    f"{f.name}={json_value(value)}: expected {expected} (e.g. {f.name}={example})"
+                )
+            if isinstance(value, int) and not isinstance(value, bool) and _is_float(f.name):
+                setattr(self, f.name, float(value))
+        self.betas = tuple(float(b) for b in self.betas)  # JSON gives lists
+
+    def _check_choices(self) -> None:
         checks = {
             "label_mode": (self.label_mode, ("soft", "hard")),
             "label_init": (self.label_init, LABEL_INITS),
@@ -71,6 +97,8 @@ class DistillConfig:
         for name, (value, allowed) in checks.items():
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not one of {tuple(allowed)}")
+
+    def _check_ranges(self) -> None:
         for name in (
             "images_per_class",
             "steps",
@@ -88,10 +116,44 @@ class DistillConfig:
             raise ValueError(f"validate_every must be >= 1, got {self.validate_every}")
         if self.iterations is not None and self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.distill_lr <= 0 or self.lr <= 0:
-            raise ValueError("distill_lr and lr must be positive")
+        for name in ("distill_lr", "lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.outer_chunk is not None and self.outer_chunk < 1:
             raise ValueError(f"outer_chunk must be >= 1 (or None), got {self.outer_chunk}")
+        for name in (
+            "eval_nets",
+            "min_freq",
+            "image_size",
+            "seq_len",
+            "max_vocab",
+            "classes_per_step",
+            "checkpoint_every",
+            "checkpoint_slots",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self._check_optimiser_ranges()
+
+    def _check_optimiser_ranges(self) -> None:
+        if self.full_data_epochs < 0:
+            raise ValueError(f"full_data_epochs must be >= 0, got {self.full_data_epochs}")
+        if not 0 <= self.seed < 2**62:
+            raise ValueError(f"seed must be in [0, 2**62), got {self.seed}")
+        if self.init_gain <= 0:
+            raise ValueError(f"init_gain must be positive, got {self.init_gain}")
+        if not 0 < self.decay_factor <= 1:
+            raise ValueError(f"decay_factor must be in (0, 1], got {self.decay_factor}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+
+    def _check_model(self) -> None:
+        from fastdistill.models.registry import ALL_MODEL_NAMES
+
+        if self.model.lower() not in ALL_MODEL_NAMES:
+            hint = _did_you_mean(self.model, ALL_MODEL_NAMES)
+            raise ValueError(f"model={self.model!r} is not one of {ALL_MODEL_NAMES}{hint}")
 
     def data_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``fastdistill.data.load_dataset`` beyond name and root."""
@@ -106,6 +168,17 @@ class DistillConfig:
             }
         return {"image_size": self.image_size} if self.image_size is not None else {}
 
+    def hypergradient_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``fastdistill.engine.hypergradient`` this run sets."""
+        memory = self.checkpoint_memory_mb
+        return {
+            "engine": self.engine,
+            "checkpoint_every": self.checkpoint_every,
+            "checkpoint_slots": self.checkpoint_slots,
+            "checkpoint_memory": None if memory is None else int(memory * 2**20),
+            "outer_chunk": self.outer_chunk,
+        }
+
     @property
     def total_steps(self) -> int:
         return self.steps * self.epochs
@@ -115,14 +188,98 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+        if not isinstance(d, dict):
+            raise ValueError(f"a configuration is a JSON object, got {type(d).__name__}")  # noqa: TRY004
+        check_keys(d)
         return cls(**d)
 
     def replace(self, **changes: Any) -> DistillConfig:
+        """A copy with ``changes``; unknown keys and wrong types raise a ``ValueError`` naming
+        the key, the value and the expected type."""
+        check_keys(changes)
         return dataclasses.replace(self, **changes)
+
+
+def json_value(value: Any) -> str:
+    """``value`` as it is written after ``--set KEY=`` (JSON when it can be)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _did_you_mean(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(d: dict[str, Any]) -> None:
+    """Raise a ``ValueError`` naming the first unknown configuration key (and a close one)."""
+    known = [f.name for f in dataclasses.fields(DistillConfig)]
+    for key in d:
+        if key not in known:
+            hint = _did_you_mean(key, known) or f"; known keys: {', '.join(known)}"
+            raise ValueError(f"unknown configuration key {key!r}{hint}")
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(DistillConfig)
+
+
+def _is_float(name: str) -> bool:
+    tp = _field_types()[name]
+    return tp is float or float in typing.get_args(tp)
+
+
+def _expected(value: Any, tp: Any) -> str | None:
+    """None when ``value`` fits the annotation ``tp``, else what was expected."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return None
+    if origin in (Union, types.UnionType):
+        wanted = [_expected(value, a) for a in args]
+        return None if None in wanted else " or ".join(w for w in wanted if w)
+    if tp is type(None):
+        return None if value is None else "null"
+    if origin is Literal:
+        return None if value in args else "one of " + ", ".join(json.dumps(a) for a in args)
+    if tp is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if tp is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok and math.isfinite(value) else "a finite number"
+    if tp is str:
+        return None if isinstance(value, str) else "a string"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return f"a list of {len(args)} numbers"
+        if len(args) == 2 and args[1] is Ellipsis:
+            bad = any(_expected(v, args[0]) for v in value)
+            return "a list of numbers" if bad else None
+        if len(value) != len(args) or any(_expected(v, a) for v, a in zip(value, args)):
+            return f"a list of {len(args)} numbers"
+        return None
+    if origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        return None if ok else "a JSON object"
+    return None
+
+
+def _example(f: dataclasses.Field) -> str:
+    """A valid value for field ``f``, as written after ``--set KEY=``."""
+    if f.default not in (dataclasses.MISSING, None):
+        return json_value(f.default)
+    tp = _field_types()[f.name]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict:
+        return '{"hidden": [32]}'
+    for t, ex in ((int, "1"), (float, "1.0"), (str, '"name"')):
+        if t in args:
+            return ex
+    return "null"
 
 
 @dataclass(frozen=True)
@@ -192,7 +349,7 @@ def _image_presets() -> list[Preset]:
 
 
 def _text_presets() -> list[Preset]:
-    """The paper's text rows (SPEC §8). Vectors: the 50-d GloVe 6B that installs offline (the
+    """The paper's text rows (docs/algorithm.md §8). Vectors: the 50-d GloVe 6B that installs offline (the
     paper used 100-d GloVe); real batches of 1024 sentences."""
     rows = [
         # name, dataset, model, seq_len, images_per_class, steps, epochs, paper ratio

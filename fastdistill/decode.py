@@ -1,4 +1,4 @@
-"""Nearest-word decoding of distilled text (SPEC §6; the paper's Tables 6 and 7).
+"""Nearest-word decoding of distilled text (docs/algorithm.md §6; the paper's Tables 6 and 7).
 
 Every distilled vector is replaced by its Euclidean-nearest word vector, found with the
 ``nearest_embedding`` op (tiled matrix products with fused k-selection, so a whole distilled set
@@ -16,11 +16,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fastdistill.data.text import TextData
+from fastdistill.data.text import TextData, nearest_token_ids
 from fastdistill.data.text_vocab import PAD
 from fastdistill.data.word_vectors import WordVectors
 from fastdistill.distilled import DistilledSet
-from fastdistill.ops import embedding_table_norms, nearest_embedding
 
 
 @dataclass
@@ -36,10 +35,7 @@ def nearest_words(
     x: Tensor, table: Tensor, words: list[str], *, metric: str = "euclidean"
 ) -> list[list[str]]:
     """Words of the nearest table rows to each vector of ``x`` ``[M, L, D]``."""
-    flat = x.detach().reshape(-1, x.shape[-1]).to(table.device, table.dtype)
-    norms = embedding_table_norms(table, metric)
-    _, idx = nearest_embedding(flat, table, 1, metric, norms)
-    ids = idx[:, 0].reshape(x.shape[:-1]).tolist()
+    ids = nearest_token_ids(x, table, metric=metric).tolist()
     return [[words[i] for i in row] for row in ids]
 
 

@@ -2,22 +2,31 @@
 
 Saved as one safetensors file (tensors) whose header metadata holds JSON (schedule, label
 semantics, model and dataset description). Loading never executes code, unlike pickle.
+
+Every file written here (distilled sets and checkpoints) is verifiable: the metadata holds the
+SHA-256 of each tensor's bytes with its dtype and shape, and of the other metadata entries
+(``fastdistill.sha256``, format ``fastdistill.integrity`` = ``"1"``). Loading checks them and
+raises :class:`ArtifactError` naming the file and the tensor; files written before checksums
+existed load with an :class:`UnverifiedArtifactWarning`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import Tensor
 
 from fastdistill.engine.losses import LabelKind
@@ -25,6 +34,28 @@ from fastdistill.engine.losses import LabelKind
 FORMAT = "fastdistill.distilled/1"
 LabelInit = Literal["onehot", "smoothed", "random"]
 LABEL_INITS: tuple[str, ...] = ("onehot", "smoothed", "random")
+INTEGRITY_KEY = "fastdistill.integrity"  # the version of the checksum record
+INTEGRITY_VERSION = "1"
+CHECKSUM_KEY = "fastdistill.sha256"
+#: Tensors of a distilled set that must hold finite values.
+FINITE_TENSORS: tuple[str, ...] = ("data", "labels", "raw_lrs", "init_weights")
+
+
+class ArtifactError(ValueError):
+    """A checkpoint or distilled-set file that cannot be used: not a safetensors file, damaged,
+    failing its checksums or holding non-finite values. ``path`` and ``tensor`` (or None) say
+    where; the message is one line naming both."""
+
+    def __init__(self, path: str | Path, problem: str, tensor: str | None = None) -> None:
+        self.path = Path(path)
+        self.tensor = tensor
+        self.problem = problem
+        joined = problem.startswith(("is ", "has ", "cannot ", "was "))
+        super().__init__(f"{path} {problem}" if joined else f"{path}: {problem}")
+
+
+class UnverifiedArtifactWarning(UserWarning):
+    """A file without checksums (written before fastdistill stored them) was loaded as is."""
 
 
 def inverse_softplus(x: float) -> float:
@@ -197,45 +228,225 @@ class DistilledSet:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> DistilledSet:
-        tensors, metadata = load_safetensors(path, device)
+        """Read and verify a set written by :meth:`save` (checksums, finite values, shapes);
+        any problem raises an :class:`ArtifactError` naming the file and the tensor."""
+        tensors, metadata = load_safetensors(path, device, finite=FINITE_TENSORS)
         if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a fastdistill distilled set (format {FORMAT!r})")
-        header = json.loads(metadata["header"])
-        return cls(
-            data=tensors["data"],
-            labels=tensors["labels"],
-            raw_lrs=tensors["raw_lrs"],
-            classes=tensors["classes"],
-            epochs=int(header["epochs"]),
-            label_kind=header["label_kind"],
-            learn_labels=bool(header["learn_labels"]),
-            init_weights=tensors.get("init_weights"),
-            meta=header.get("meta", {}),
-        )
+            raise ArtifactError(path, f"is not a fastdistill distilled set (format {FORMAT!r})")
+        try:
+            header = json.loads(metadata["header"])
+            missing = [k for k in ("data", "labels", "raw_lrs", "classes") if k not in tensors]
+            if missing:
+                raise ArtifactError(path, f"tensor {missing[0]!r} is missing", missing[0])
+            return cls(
+                data=tensors["data"],
+                labels=tensors["labels"],
+                raw_lrs=tensors["raw_lrs"],
+                classes=tensors["classes"],
+                epochs=int(header["epochs"]),
+                label_kind=header["label_kind"],
+                learn_labels=bool(header["learn_labels"]),
+                init_weights=tensors.get("init_weights"),
+                meta=header.get("meta", {}),
+            )
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            detail = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise ArtifactError(path, f"has an invalid distilled-set header ({detail})") from None
 
 
-def atomic_save_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]):
-    """safetensors ``save_file`` through a temp file in the same folder, then ``os.replace``."""
+def tensor_sha256(t: Tensor) -> str:
+    """SHA-256 of a tensor's bytes (contiguous, CPU, native byte order)."""
+    flat = t.detach().contiguous().cpu().reshape(-1)
+    return hashlib.sha256(flat.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _metadata_sha256(metadata: dict[str, str]) -> str:
+    rest = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, Tensor],
+    path: Path,
+    metadata: dict[str, str],
+    *,
+    keep_previous: Path | None = None,
+) -> Path:
+    """Write a verifiable safetensors file atomically.
+
+    The tensors go to a temp file in the same folder (``.NAME.XXXX.tmp``), which is fsynced
+    and renamed over ``path``; the folder is fsynced after the rename. With ``keep_previous``,
+    an existing ``path`` is first renamed to it, so the last good file survives. The metadata
+    gains the checksum record (any old one in ``metadata`` is replaced). An interrupted save
+    removes its temp file (a SIGKILL leaves it: :func:`remove_orphan_temps`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: v for k, v in metadata.items() if k not in (CHECKSUM_KEY, INTEGRITY_KEY)}
+    meta[INTEGRITY_KEY] = INTEGRITY_VERSION
+    record = {
+        "tensors": {
+            k: {
+                "sha256": tensor_sha256(v),
+                "dtype": str(v.dtype).removeprefix("torch."),
+                "shape": list(v.shape),
+            }
+            for k, v in clean.items()
+        },
+        "metadata": _metadata_sha256(meta),
+    }
+    meta[CHECKSUM_KEY] = json.dumps(record, sort_keys=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(clean, tmp, metadata=metadata)
+        blob = save(clean, metadata=meta)
+        # safetensors writes its metadata map in a random order: sorted keys make the same
+        # content the same bytes (runs compare bit-for-bit; files can be checksummed whole)
+        n = int.from_bytes(blob[:8], "little")
+        header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":"))
+        head = header.encode()
+        head += b" " * (-len(head) % 8)
+        with open(tmp, "wb") as f:
+            f.write(len(head).to_bytes(8, "little"))
+            f.write(head)
+            f.write(memoryview(blob)[8 + n :])
+            f.flush()
+            os.fsync(f.fileno())
+        del blob
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def remove_orphan_temps(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temp files (``.NAME.XXXX.tmp``) a killed save of ``folder/NAME`` left."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for name in names:
+            for orphan in folder.glob(f".{name}.*.tmp"):
+                orphan.unlink(missing_ok=True)
+                removed.append(orphan)
+    return removed
+
+
+def _why_unreadable(path: Path, err: Exception) -> str:
+    """One clause saying what ``path`` is, for a file safetensors refused."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if head.startswith((b"\x80", b"PK\x03\x04")):
+        kind = "a pickle" if head.startswith(b"\x80") else "a zip (torch.save)"
+        return f"is not a safetensors file (it is {kind} file; fastdistill never unpickles files)"
+    if len(head) >= 9 and head[8:9] == b"{":
+        n = int.from_bytes(head[:8], "little")
+        if 8 + n > size:
+            return f"is a truncated safetensors file ({size} bytes, header needs {8 + n})"
+        return f"is a damaged or truncated safetensors file ({err})"
+    if size == 0:
+        return "is not a safetensors file (it is empty)"
+    return f"is not a safetensors file ({err})"
 
 
 def load_safetensors(
-    path: str | Path, device: torch.device | str = "cpu"
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    *,
+    finite: Iterable[str] | Callable[[str], bool] = (),
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Read a safetensors file and verify it; ``(tensors, metadata)``.
+
+    Checks the checksum record written by :func:`atomic_save_safetensors` (tensor names,
+    dtypes, shapes, SHA-256 of the bytes and of the metadata) and that the tensors named by
+    ``finite`` (names, or a predicate on names) hold only finite values. Any failure raises an
+    :class:`ArtifactError` naming the file (and the tensor). A file without a checksum record
+    loads with an :class:`UnverifiedArtifactWarning`.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(path, "is a folder, not a safetensors file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise ArtifactError(path, _why_unreadable(path, err)) from None
+    _verify(path, tensors, metadata)
+    wanted = finite if callable(finite) else set(finite).__contains__
+    for name, t in tensors.items():
+        if wanted(name) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise ArtifactError(
+                    path,
+                    f"tensor {name!r} holds {bad} non-finite value(s) (NaN/inf) of {t.numel()}; "
+                    "the file is unusable (re-create it)",
+                    name,
+                )
+    if str(device) != "cpu":
+        tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, metadata
+
+
+def _verify(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    if CHECKSUM_KEY not in metadata and INTEGRITY_KEY not in metadata:
+        warnings.warn(
+            f"{path} has no checksums (written by an older fastdistill); loaded unverified",
+            UnverifiedArtifactWarning,
+            stacklevel=3,
+        )
+        return
+    damaged = "(the file is damaged; use another copy or re-create it)"
+    if metadata.get(INTEGRITY_KEY) != INTEGRITY_VERSION:
+        raise ArtifactError(
+            path, f"has an unknown checksum format {metadata.get(INTEGRITY_KEY)!r} {damaged}"
+        )
+    try:
+        record = json.loads(metadata[CHECKSUM_KEY])
+        sums = record["tensors"]
+        meta_sum = record["metadata"]
+        if not isinstance(sums, dict):
+            raise TypeError
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(path, f"has a damaged checksum record {damaged}") from None
+    if meta_sum != _metadata_sha256(metadata):
+        raise ArtifactError(path, f"header metadata fails its SHA-256 check {damaged}")
+    for name in sorted(set(sums) - set(tensors)):
+        raise ArtifactError(path, f"tensor {name!r} is missing {damaged}", name)
+    for name in sorted(set(tensors) - set(sums)):
+        raise ArtifactError(path, f"tensor {name!r} is not in its checksum record {damaged}", name)
+    for name, t in tensors.items():
+        want = sums[name]
+        got = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+        if not isinstance(want, dict) or any(want.get(k) != v for k, v in got.items()):
+            raise ArtifactError(
+                path, f"tensor {name!r} has another dtype/shape than recorded {damaged}", name
+            )
+        if want.get("sha256") != tensor_sha256(t):
+            raise ArtifactError(path, f"tensor {name!r} fails its SHA-256 check {damaged}", name)

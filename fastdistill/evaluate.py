@@ -1,4 +1,4 @@
-"""Evaluation: train nets on a distilled set by plain GD, measure test accuracy (SPEC §4).
+"""Evaluation: train nets on a distilled set by plain GD, measure test accuracy (docs/algorithm.md §4).
 
 Nets are trained and tested as one batch (``[B, P]`` weights), chunked to bound memory, so
 evaluating 200 random-init nets costs a few batched passes, not 200 Python loops.
@@ -195,7 +195,7 @@ def train_full_data(
 
 
 def distillation_ratio(distilled_accuracy: float, full_accuracy: float) -> float:
-    """``r_M = 100 * distilled / full`` (SPEC §4)."""
+    """``r_M = 100 * distilled / full`` (docs/algorithm.md §4)."""
     if full_accuracy <= 0 or math.isnan(full_accuracy):
         raise ValueError(f"full-data accuracy must be positive, got {full_accuracy}")
     return 100.0 * distilled_accuracy / full_accuracy
@@ -206,7 +206,7 @@ def minimum_distilled_size(
 ) -> int | None:
     """The smallest number of distilled samples ``M`` whose ratio ``r_M`` reaches ``percent``
     (the paper's "A% distillation size"); None when no size in ``accuracies`` reaches it."""
-    if not 0 < percent:
+    if not percent > 0:
         raise ValueError(f"percent must be positive, got {percent}")
     reached = [
         m for m, acc in accuracies.items() if distillation_ratio(acc, full_accuracy) >= percent

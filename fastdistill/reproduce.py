@@ -1,7 +1,7 @@
 """Reproduce a table of the paper: every cell it needs, resumable, beside the paper's numbers.
 
 A table is a list of cells. Each cell is one distillation (SLDD/TDD with soft labels, DD with
-hard labels; fixed or random init), one baseline (SPEC §5) or the full-data accuracy that turns
+hard labels; fixed or random init), one baseline (docs/algorithm.md §5) or the full-data accuracy that turns
 accuracies into distillation ratios. Every cell runs in its own folder under the output folder
 and leaves ``result.json`` there when done, so a table is
 
@@ -350,7 +350,7 @@ def run_cell(spec: TableSpec, cell: Cell, folder: Path, options: RunOptions) -> 
 
 
 def _run_distill(config: DistillConfig, folder: Path, options: RunOptions) -> dict[str, Any]:
-    from fastdistill.engine.outer import Distiller
+    from fastdistill.distiller import Distiller
 
     distiller = Distiller(
         config, device=options.device, data_root=options.data_root, download=options.download

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as mp
 
 from fastdistill.config import DistillConfig
-from fastdistill.engine.distributed import Shard
+from fastdistill.distributed import Shard
 
 CONFIGS = {
     "batch-split": {"init": "fixed", "nets_per_iteration": 1, "real_batch_size": 257},
@@ -34,13 +34,13 @@ def _rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
     import torch.distributed as dist
 
     from fastdistill.data import load_image_dataset
-    from fastdistill.engine.outer import Distiller
+    from fastdistill.distiller import Distiller
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from fastdistill.engine import outer
+        from fastdistill import distiller as outer
 
         seen = []  # the real-batch sizes this rank's hypergradients saw
         real = outer.hypergradient
@@ -62,7 +62,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("kind", list(CONFIGS))
 def test_two_ranks_reach_the_single_process_set(kind, tmp_path):
     from fastdistill.data import load_image_dataset
-    from fastdistill.engine.outer import Distiller
+    from fastdistill.distiller import Distiller
 
     mp.spawn(_rank, args=(2, _free_port(), kind, str(tmp_path)), nprocs=2, join=True)
     single = Distiller(_config(kind), load_image_dataset("digits"))

@@ -182,7 +182,7 @@ def test_show_errors_are_clear(tmp_path, capsys):
     assert "no distilled.safetensors" in capsys.readouterr().err
     (tmp_path / "distilled.safetensors").write_bytes(b"not a safetensors file")
     assert main(["show", str(tmp_path)]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "is not a safetensors file" in capsys.readouterr().err
     text_set(False).save(tmp_path / "distilled.safetensors")
     (tmp_path / "report.json").write_text("{ truncated")
     assert main(["show", str(tmp_path)]) == 2

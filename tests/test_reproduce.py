@@ -76,7 +76,7 @@ def test_random_init_cell_reports_mean_and_std(tmp_path):
 
 
 def test_interrupted_distillation_cell_resumes_from_its_checkpoint(tmp_path):
-    from fastdistill.engine.outer import Distiller
+    from fastdistill.distiller import Distiller
 
     spec = get_table("tiny-digits")
     cell = spec.cell("sldd-fixed")

@@ -17,7 +17,7 @@
 #include <tuple>
 #include <vector>
 
-#include "fastdistill/checks.h"
+#include "fastdistill/adjoint_update_checks.h"
 #include "fastdistill/cpu_target.h"
 #include "fastdistill/math.h"
 #include "fastdistill/params.h"

@@ -8,7 +8,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
-#include "fastdistill/checks.h"
+#include "fastdistill/inner_update_checks.h"
 #include "fastdistill/cpu_target.h"
 #include "fastdistill/math.h"
 #include "fastdistill/params.h"

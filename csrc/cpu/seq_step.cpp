@@ -28,6 +28,8 @@
 #include <tuple>
 #include <vector>
 
+#include "fastdistill/layer_kinds.h"
+
 namespace fastdistill {
 namespace {
 
@@ -36,7 +38,7 @@ using at::Tensor;
 enum class Layout { kShared, kGrouped, kDense };
 
 struct Layer {
-  int64_t type = 0;
+  LayerKind type = LayerKind::Flatten;
   int64_t w_off = -1, b_off = -1;
   std::vector<int64_t> wshape;  // without the nets dimension
   std::vector<int64_t> pad;     // conv: (ph, pw)
@@ -54,34 +56,56 @@ struct Ctx {
   std::vector<int64_t> shape_in;
 };
 
-std::vector<Layer> parse(c10::IntArrayRef spec) {
+// The layer records of `spec`, each checked to be complete, of a known kind, and (weights and
+// biases) to lie inside the `num_params` columns of w: a bad record is an error, never an
+// out-of-bounds read.
+std::vector<Layer> parse(c10::IntArrayRef spec, int64_t num_params) {
   constexpr const char* op = "fastdistill::seq_step";
   std::vector<Layer> layers;
   size_t i = 0;
   auto need = [&](size_t n) {
     TORCH_CHECK_VALUE(i + n <= spec.size(), op, ": truncated layer record in `spec`");
   };
+  auto inside = [&](const char* what, int64_t off, int64_t size) {
+    const bool ok = off >= 0 && size > 0 && off <= num_params - size;
+    TORCH_CHECK_VALUE(ok, op, ": ", std::string(what), " at offset ", std::to_string(off),
+                      " (size ", std::to_string(size), ") is outside w's ",
+                      std::to_string(num_params), " columns");
+  };
   while (i < spec.size()) {
     Layer l;
-    l.type = spec[i];
-    if (l.type == 1) {
+    const int64_t code = spec[i];
+    if (code == static_cast<int64_t>(LayerKind::ConvPool)) {
       need(10);
+      l.type = LayerKind::ConvPool;
       l.w_off = spec[i + 1];
       l.b_off = spec[i + 2];
       l.wshape = {spec[i + 3], spec[i + 4], spec[i + 5], spec[i + 6]};
       l.pad = {spec[i + 7], spec[i + 8]};
       l.relu = spec[i + 9] != 0;
+      TORCH_CHECK_VALUE(l.pad[0] >= 0 && l.pad[1] >= 0, op, ": negative padding in `spec`");
       i += 10;
-    } else if (l.type == 3) {
+    } else if (code == static_cast<int64_t>(LayerKind::Linear)) {
       need(5);
+      l.type = LayerKind::Linear;
       l.w_off = spec[i + 1];
       l.b_off = spec[i + 2];
       l.wshape = {spec[i + 3], spec[i + 4]};
       i += 5;
     } else {
-      TORCH_CHECK_VALUE(l.type == 2 || l.type == 4 || l.type == 5, op,
-                        ": unknown layer type in `spec`");
+      TORCH_CHECK_VALUE(code == static_cast<int64_t>(LayerKind::Flatten) ||
+                            code == static_cast<int64_t>(LayerKind::ReLU) ||
+                            code == static_cast<int64_t>(LayerKind::Tanh),
+                        op, ": unknown layer type ", std::to_string(code), " in `spec`");
+      l.type = static_cast<LayerKind>(code);
       i += 1;
+    }
+    if (l.type == LayerKind::ConvPool || l.type == LayerKind::Linear) {
+      for (int64_t s : l.wshape) {
+        TORCH_CHECK_VALUE(s > 0, op, ": non-positive weight shape in `spec`");
+      }
+      inside("weight", l.w_off, l.numel());
+      if (l.b_off != -1) inside("bias", l.b_off, l.wshape[0]);
     }
     layers.push_back(std::move(l));
   }
@@ -141,7 +165,7 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
   c.layout_in = layout;
   c.shape_in = a.sizes().vec();
   switch (l.type) {
-    case 1: {
+    case LayerKind::ConvPool: {
       TORCH_CHECK_VALUE(layout != Layout::kDense && a.dim() == 4, op,
                         ": conv layer on a flat activation");
       c.W = pview(r.w, l.w_off, l.wshape);
@@ -152,7 +176,7 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
       layout = Layout::kGrouped;
       break;
     }
-    case 2: {
+    case LayerKind::Flatten: {
       if (layout == Layout::kShared) {
         a = a.flatten(1);
       } else if (layout == Layout::kGrouped) {
@@ -161,7 +185,7 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
       }
       break;
     }
-    case 3: {
+    case LayerKind::Linear: {
       TORCH_CHECK_VALUE(layout != Layout::kGrouped &&
                             a.dim() == (layout == Layout::kShared ? 2 : 3),
                         op, ": linear layer on a non-flat activation");
@@ -176,10 +200,10 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
       layout = Layout::kDense;
       break;
     }
-    case 4:
+    case LayerKind::ReLU:
       a = at::relu(a);
       break;
-    case 5:
+    case LayerKind::Tanh:
       a = at::tanh(a);
       break;
   }
@@ -189,19 +213,19 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
 Tensor tangent(const Run& r, const Layer& l, Ctx& c, const Tensor& ad) {
   c.ad = ad;
   switch (l.type) {
-    case 1: {
+    case LayerKind::ConvPool: {
       c.V = pview(r.v, l.w_off, l.wshape);
       if (l.b_off >= 0) c.vb = pview(r.v, l.b_off, {l.wshape[0]});
       Tensor t = cp_gather().call(c.a, c.V, opt(c.vb), c.code, l.pad);
       if (ad.defined()) t.add_(cp_gather().call(ad, c.W, std::nullopt, c.code, l.pad));
       return t;
     }
-    case 2:
+    case LayerKind::Flatten:
       if (!ad.defined()) return ad;
       if (c.layout_in == Layout::kGrouped)
         return ad.reshape({ad.size(0), r.B, -1}).transpose(0, 1);
       return c.layout_in == Layout::kShared ? ad.flatten(1) : ad;
-    case 3: {
+    case LayerKind::Linear: {
       c.V = pview(r.v, l.w_off, l.wshape);
       Tensor t;
       if (l.b_off >= 0) {
@@ -213,9 +237,9 @@ Tensor tangent(const Run& r, const Layer& l, Ctx& c, const Tensor& ad) {
       if (ad.defined()) t = at::baddbmm(t, ad, c.W.transpose(1, 2));
       return t;
     }
-    case 4:
+    case LayerKind::ReLU:
       return ad.defined() ? at::threshold_backward(ad, c.out, 0) : ad;
-    case 5:
+    case LayerKind::Tanh:
       return ad.defined() ? at::tanh_backward(ad, c.out) : ad;
   }
   return ad;
@@ -232,7 +256,7 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
   const int64_t B = r.B;
   const bool tan = dd.defined();
   switch (l.type) {
-    case 1: {
+    case LayerKind::ConvPool: {
       const bool has_b = l.b_off >= 0;
       auto [d_in, gw, gb] = cp_backward().call(d, c.a, c.W, c.code, l.pad, {need_in, true, has_b});
       out.g.emplace_back(l.w_off, gw);
@@ -256,7 +280,7 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
       }
       break;
     }
-    case 2: {
+    case LayerKind::Flatten: {
       auto back = [&](const Tensor& t) {
         if (c.layout_in == Layout::kGrouped) return t.transpose(0, 1).reshape(c.shape_in);
         return t.reshape(c.shape_in);
@@ -265,7 +289,7 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
       if (tan && need_tin) out.dd_in = back(dd);
       break;
     }
-    case 3: {
+    case LayerKind::Linear: {
       const bool has_b = l.b_off >= 0;
       const Tensor dT = d.transpose(1, 2);
       out.g.emplace_back(l.w_off, at::bmm(dT, c.a3));
@@ -289,11 +313,11 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
       }
       break;
     }
-    case 4:
+    case LayerKind::ReLU:
       if (need_in) out.d_in = at::threshold_backward(d, c.out, 0);
       if (tan && need_tin) out.dd_in = at::threshold_backward(dd, c.out, 0);
       break;
-    case 5:
+    case LayerKind::Tanh:
       if (need_in) out.d_in = at::tanh_backward(d, c.out);
       if (tan && need_tin) {
         Tensor t = at::tanh_backward(dd, c.out);
@@ -363,7 +387,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_step(
     c10::IntArrayRef spec, c10::string_view loss, bool need_dx, bool need_dy) {
   constexpr const char* op = "fastdistill::seq_step";
   TORCH_CHECK_VALUE(w.dim() == 2, op, ": `w` must be [B, P]");
-  const std::vector<Layer> layers = parse(spec);
+  const std::vector<Layer> layers = parse(spec, w.size(1));
   const std::string kind(loss);
   Run r{w.size(0), w, v_opt.has_value() ? *v_opt : Tensor(), v_opt.has_value() && v_opt->defined()};
   if (r.hvp) TORCH_CHECK_VALUE(r.v.sizes() == w.sizes(), op, ": `v` must match `w`");

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tarfile
@@ -108,7 +109,10 @@ def _resolve_root(key: str, root: str | Path | None, download: bool, cache: Path
     if root is not None:
         path = Path(root).expanduser()
         if not path.is_dir() and not download:
-            raise FileNotFoundError(f"{key}: data root {path} does not exist (download=False)")
+            raise FileNotFoundError(
+                f"{key}: data root {path} does not exist (download=False); pass an existing "
+                "folder (CLI --data-root) or allow the download (CLI --download)"
+            )
         return path
     found = default_data_root()
     if found is not None:
@@ -235,6 +239,11 @@ def _load_mnist_like(key: str, root: Path, download: bool, image_size: int | Non
             f"with root={root}{_mnist_layout_hint(root, cls.__name__)}; pass download=True to "
             "fetch it"
         )
+    if not missing:
+        for prefix in ("train", "t10k"):
+            _check_idx_pair(
+                key, raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+            )
     train = cls(str(root), train=True, download=download)
     test = cls(str(root), train=False, download=download)
     if key == "mnist":
@@ -252,6 +261,44 @@ def _load_mnist_like(key: str, root: Path, download: bool, image_size: int | Non
         std,
         image_size,
     )
+
+
+def _idx_shape(key: str, path: Path, ndim: int) -> tuple[int, ...]:
+    """The shape an uncompressed idx file declares, after checking that its size fits it."""
+    fix = "delete it and fetch it again (download=True, CLI --download)"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4 + 4 * ndim)
+    if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] != 0x08 or head[3] != ndim:
+        raise ValueError(
+            f"{key}: {path} is not an uncompressed idx file of {ndim}-d uint8 data (magic "
+            f"{head[:4].hex() or 'missing'}, expected 000008{ndim:02x}); {fix}"
+        )
+    if len(head) < 4 + 4 * ndim:
+        raise ValueError(f"{key}: {path} is truncated ({size} bytes, inside its header); {fix}")
+    shape = tuple(int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    want = 4 + 4 * ndim + math.prod(shape)
+    if size != want:
+        what = "truncated" if size < want else "corrupt (longer than its header says)"
+        raise ValueError(
+            f"{key}: {path} is {what}: {size} bytes where its header "
+            f"{'x'.join(map(str, shape))} needs {want}; {fix}"
+        )
+    return shape
+
+
+def _check_idx_pair(key: str, images: Path, labels: Path) -> None:
+    """Validate an images/labels idx pair before torchvision reads it (a truncated file would
+    otherwise fail deep inside with a reshape error)."""
+    n, h, w = _idx_shape(key, images, 3)
+    (m,) = _idx_shape(key, labels, 1)
+    if n != m:
+        raise ValueError(
+            f"{key}: {images} holds {n} images but {labels} holds {m} labels; one of them is "
+            "corrupt (delete both and fetch them again)"
+        )
+    if n == 0 or h == 0 or w == 0:
+        raise ValueError(f"{key}: {images} holds no images ({n}x{h}x{w}); fetch it again")
 
 
 def _mnist_layout_hint(root: Path, folder: str) -> str:

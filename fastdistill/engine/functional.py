@@ -8,6 +8,7 @@ Python loop over nets.
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,27 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+
+_FIRST_ORDER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fastdistill_first_order", default=False
+)
+
+
+@contextmanager
+def first_order() -> Iterator[None]:
+    """Promise that nothing computed inside is differentiated twice: recurrent models may then
+    run torch's fused RNN kernels (cuDNN's have no double backward)."""
+    token = _FIRST_ORDER.set(True)
+    try:
+        yield
+    finally:
+        _FIRST_ORDER.reset(token)
+
+
+def first_order_active() -> bool:
+    """Inside :func:`first_order`."""
+    return _FIRST_ORDER.get()
+
 
 _STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 

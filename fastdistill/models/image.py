@@ -17,7 +17,7 @@ def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
 
 
 class LeNet(nn.Module):
-    """LeNet-5 as in SPEC §7: 61,706 parameters for 1x28x28 inputs and 10 classes.
+    """LeNet-5 as in docs/algorithm.md §7: 61,706 parameters for 1x28x28 inputs and 10 classes.
 
     The first conv pads by 2 (by 0 at 32 px, as the original), so the flattened features are
     16x5x5 at 28 and 32 px. Small images (e.g. 8x8 digits) also pad the second conv, so LeNet
@@ -50,9 +50,17 @@ class LeNet(nn.Module):
         x = self.act(self.fc2(x))
         return self.fc3(x)
 
+    def fused_layers(self) -> list[tuple[str, nn.Module]]:
+        """``forward`` as a flat layer list (qualified name, module) for the fused engine."""
+        act, pool, flat = ("act", self.act), ("pool", self.pool), ("", nn.Flatten())
+        return [
+            ("conv1", self.conv1), pool, act, ("conv2", self.conv2), pool, act, flat,
+            ("fc1", self.fc1), act, ("fc2", self.fc2), act, ("fc3", self.fc3),
+        ]  # fmt: skip
+
 
 class AlexCifarNet(nn.Module):
-    """The small AlexNet of the CIFAR-10 experiments (SPEC §7), with local response norm."""
+    """The small AlexNet of the CIFAR-10 experiments (docs/algorithm.md §7), with local response norm."""
 
     def __init__(self, in_channels: int = 3, num_outputs: int = 10, image_size: int = 32) -> None:
         super().__init__()
@@ -77,6 +85,10 @@ class AlexCifarNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
+
+    def fused_layers(self) -> list[tuple[str, nn.Module]]:
+        """``forward`` as a layer list (qualified name, module) for the fused engine."""
+        return [("features", self.features), ("", nn.Flatten()), ("classifier", self.classifier)]
 
 
 class ConvNet(nn.Module):
@@ -114,6 +126,10 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
+    def fused_layers(self) -> list[tuple[str, nn.Module]]:
+        """``forward`` as a layer list (qualified name, module) for the fused engine."""
+        return [("features", self.features), ("", nn.Flatten()), ("classifier", self.classifier)]
+
 
 class MLP(nn.Module):
     """A fully connected ReLU network on flattened images."""
@@ -135,3 +151,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def fused_layers(self) -> list[tuple[str, nn.Module]]:
+        """``forward`` as a layer list (qualified name, module) for the fused engine."""
+        return [("net", self.net)]

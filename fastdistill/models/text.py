@@ -1,4 +1,4 @@
-"""Text classifiers of the TDD experiments (SPEC §7), on embedded sequences ``[N, L, D]``.
+"""Text classifiers of the TDD experiments (docs/algorithm.md §7), on embedded sequences ``[N, L, D]``.
 
 Real sentences are embedded beforehand (``TextData.encode``) and distilled sentences are learned
 directly in embedding space, so the models have no embedding layer and return logits
@@ -16,31 +16,16 @@ a GPU.
 
 from __future__ import annotations
 
-import contextvars
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastdistill.engine.functional import first_order, first_order_active
+
 __all__ = ["BiLSTM", "BiRNN", "TextConvNet", "first_order"]
-
-_FIRST_ORDER: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "fastdistill_first_order", default=False
-)
-
-
-@contextmanager
-def first_order() -> Iterator[None]:
-    """Promise that nothing computed inside is differentiated twice: recurrent models may then
-    run torch's fused RNN kernels (cuDNN's have no double backward)."""
-    token = _FIRST_ORDER.set(True)
-    try:
-        yield
-    finally:
-        _FIRST_ORDER.reset(token)
 
 
 class TextConvNet(nn.Module):
@@ -51,7 +36,7 @@ class TextConvNet(nn.Module):
     layout, so Xavier init uses its fan-in/fan-out (a ``Conv1d(D, filters, width)`` layout
     computes the same function but would get a ~6x larger Xavier std at D=50). Padding
     positions are not masked (as in the original): they are zero vectors. Dropout stays
-    active in training mode, i.e. in the inner steps (SPEC §2).
+    active in training mode, i.e. in the inner steps (docs/algorithm.md §2).
     """
 
     def __init__(
@@ -80,7 +65,8 @@ class TextConvNet(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Logits ``[N, K]`` of embedded sequences ``x`` ``[N, L, D]`` (``lengths`` unused)."""
         _check_input(x, self.embed_dim)
-        xt = x.transpose(1, 2)  # [N, D, L]
+        # [N, D, L], made contiguous once: each convolution (and its backward) would copy it.
+        xt = x.transpose(1, 2).contiguous()
         pooled = []
         for conv in self.convs:
             # The same function as conv(x.unsqueeze(1)) with the [F, 1, w, D] weight, computed
@@ -88,7 +74,11 @@ class TextConvNet(nn.Module):
             weight = conv.weight.squeeze(1).transpose(1, 2)  # [F, D, w]
             z = F.conv1d(xt, weight, conv.bias)  # [N, F, L - w + 1]
             # relu(max_t z) == max_t relu(z): the max first runs the ReLU on 1/L of the values.
-            pooled.append(torch.relu(z.amax(-1)))
+            # Passes differentiated once (the real-batch outer pass) take max with indices: its
+            # backward scatters into the argmax, where amax's compares the whole [N, F, L] map
+            # (the two differ only in how tied maxima share the gradient).
+            peak = z.max(-1).values if first_order_active() else z.amax(-1)
+            pooled.append(torch.relu(peak))
         return self.fc(self.dropout(torch.cat(pooled, dim=1)))
 
 
@@ -145,7 +135,7 @@ class _BiRecurrent(nn.Module):
             valid = pos < lengths.to(x.device).unsqueeze(-1)  # [N, L]
             # step t reads position t forwards and position L-1-t backwards
             mask = torch.stack([valid, valid.flip(-1)]).unsqueeze(-1)  # [2, N, L, 1]
-        if mask is None and _FIRST_ORDER.get() and self._fused_rnn_allowed(x):
+        if mask is None and first_order_active() and self._fused_rnn_allowed(x):
             return self._forward_fused_rnn(x)
         h = self.dropout(x)
         final = h

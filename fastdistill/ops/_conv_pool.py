@@ -21,18 +21,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fastdistill import _extension
+from fastdistill.ops import _backend, _library
+from fastdistill.ops._common import device_of
 from fastdistill.ops.reference import conv_pool as ref
 
-__all__ = ["conv_pool_backward", "conv_pool_forward", "conv_pool_gather", "register"]
-
-
-def _device(t: object) -> torch.device:
-    return t.device if isinstance(t, Tensor) else torch.device("cpu")
+__all__ = ["conv_pool_backward", "conv_pool_forward", "conv_pool_gather"]
 
 
 def _use_kernel(op: str, t: object) -> bool:
-    return _extension.choose(op, _device(t)).backend == "kernel"
+    return _backend.runs_kernel(op, device_of(t))
 
 
 def conv_pool_forward(
@@ -78,19 +75,19 @@ def conv_pool_backward(
     return tuple(t if m else None for t, m in zip(out, mask))  # type: ignore[return-value]
 
 
-# -- fake kernels and autograd formulas (registered by fastdistill.ops._registrations) -------
+# -- fake kernels and autograd formulas --------------------------------------------------------
 def _dims(op: str, x: Tensor, w: Tensor, b: Tensor | None, padding) -> ref.ConvPoolDims:
     torch._check(x.dim() == 4, lambda: f"{op}: `x` must be 4-D [N, G*Cin, H, W]")
     torch._check(w.dim() == 5, lambda: f"{op}: `w` must be 5-D [B, Cout, Cin, KH, KW]")
     B, Cout, Cin, KH, KW = w.shape
     N, XC, H, W = x.shape
     torch._check(
-        XC == Cin or XC == Cin * B,
+        Cin == XC or Cin * B == XC,
         lambda: f"{op}: `x` must have Cin (shared input) or B*Cin (one input per net) channels",
     )
     HO, WO = H + 2 * padding[0] - KH + 1, W + 2 * padding[1] - KW + 1
     torch._check(HO >= 2 and WO >= 2, lambda: f"{op}: the convolution output must be >= 2x2")
-    G = 1 if XC == Cin else B
+    G = 1 if Cin == XC else B
     ph, pw = padding[0], padding[1]
     return ref.ConvPoolDims(N, G, B, Cin, H, W, Cout, KH, KW, ph, pw, HO // 2, WO // 2)
 
@@ -184,25 +181,9 @@ def _backward_backward(ctx, g_dx, g_dw, g_db):
     return d_grad, d_x, d_w, None, None, None
 
 
-def _seq_step_fake(w, v, x, y, spec, loss, need_dx, need_dy):
-    torch._check(w.dim() == 2, lambda: "fastdistill::seq_step: `w` must be [B, P]")
-    empty = (0,)
-    hvp = v is not None
-    return (
-        w.new_empty((w.shape[0],)),
-        w.new_empty(w.shape),
-        w.new_empty(w.shape if hvp else empty),
-        x.new_empty(x.shape if hvp and need_dx else empty),
-        y.new_empty(
-            y.shape if hvp and need_dy and loss in ("soft", "softmax", "binary") else empty
-        ),
-    )
-
-
-def register(lib) -> None:
-    """Fake kernels and autograd formulas of the conv_pool ops, the fake kernel of seq_step
-    (``lib`` is ``torch.library``)."""
-    lib.register_fake("fastdistill::seq_step")(_seq_step_fake)
+@_library.on_load
+def _register() -> None:
+    lib = torch.library
     lib.register_fake("fastdistill::conv_pool_forward")(_forward_fake)
     lib.register_fake("fastdistill::conv_pool_gather")(_gather_fake)
     lib.register_fake("fastdistill::conv_pool_backward")(_backward_fake)

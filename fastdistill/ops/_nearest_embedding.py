@@ -6,13 +6,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastdistill import _extension
-from fastdistill.ops import reference
+from fastdistill.ops import _backend, _library, reference
+from fastdistill.ops._common import no_setup, not_differentiable
 from fastdistill.ops.reference.nearest_embedding import embedding_table_norms
 
 __all__ = ["embedding_table_norms", "nearest_embedding"]
 
 _HALF_TYPES = (torch.float16, torch.bfloat16)
+_NAME = "fastdistill::nearest_embedding"
+_backward = not_differentiable(
+    "fastdistill.ops.nearest_embedding is not differentiable: it selects table rows (the "
+    "indices have no gradient). Call it on detached tensors or under torch.no_grad(); to "
+    "differentiate a distance, recompute it from the returned indices, e.g. "
+    "(queries - table[indices[:, 0]]).norm(dim=1)."
+)
 
 
 class _NearestEmbeddingReference(torch.autograd.Function):
@@ -26,9 +33,7 @@ class _NearestEmbeddingReference(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_values, grad_indices):
-        from fastdistill.ops._registrations import _nearest_embedding_backward
-
-        return _nearest_embedding_backward(ctx, grad_values, grad_indices)
+        return _backward(ctx, grad_values, grad_indices)
 
 
 def _prepare(t: object) -> object:
@@ -75,7 +80,7 @@ def nearest_embedding(
     out_dtype = queries.dtype if isinstance(queries, Tensor) else None
     queries, table, table_norms = _prepare(queries), _prepare(table), _prepare(table_norms)
     device = queries.device if isinstance(queries, Tensor) else torch.device("cpu")
-    if _extension.choose("nearest_embedding", device).backend == "kernel":
+    if _backend.runs_kernel("nearest_embedding", device):
         values, indices = torch.ops.fastdistill.nearest_embedding.default(
             queries, table, k, metric, table_norms
         )
@@ -88,3 +93,26 @@ def nearest_embedding(
     if out_dtype in _HALF_TYPES:
         values = values.to(out_dtype)
     return values, indices
+
+
+def _fake(queries: Tensor, table: Tensor, k: int, metric: str, table_norms: Tensor | None):
+    torch._check(queries.dim() == 2, lambda: f"{_NAME}: `queries` must be a 2-D tensor [N, D]")
+    torch._check(table.dim() == 2, lambda: f"{_NAME}: `table` must be a 2-D tensor [V, D]")
+    torch._check(
+        table.shape[1] == queries.shape[1],
+        lambda: f"{_NAME}: `table` must have as many columns as `queries`",
+    )
+    torch._check(
+        1 <= k <= table.shape[0],
+        lambda: f"{_NAME}: k = {k} is out of range: need 1 <= k <= V = {table.shape[0]}",
+    )
+    n = queries.shape[0]
+    values = queries.new_empty((n, k))
+    indices = torch.empty((n, k), dtype=torch.int64, device=queries.device)
+    return values, indices
+
+
+@_library.on_load
+def _register() -> None:
+    torch.library.register_fake(_NAME)(_fake)
+    torch.library.register_autograd(_NAME, _backward, setup_context=no_setup)

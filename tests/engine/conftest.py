@@ -28,7 +28,7 @@ def golden_dir(shared_data):
 @pytest.fixture
 def fused_on():
     """Fused steps on (whatever FASTDISTILL_FUSED says), restored afterwards."""
-    from fastdistill.engine import fused_step as fs
+    from fastdistill.engine.fused import step as fs
 
     fs.set_fused(True)
     yield
@@ -38,7 +38,7 @@ def fused_on():
 @pytest.fixture(params=["cpp", "python"])
 def impl(request, monkeypatch):
     """The one-call C++ step (where the model and the build allow it) or the Python one."""
-    from fastdistill.engine import fused_step as fs
+    from fastdistill.engine.fused import step as fs
 
     monkeypatch.setattr(fs, "_seq_enabled", request.param == "cpp")
     return request.param

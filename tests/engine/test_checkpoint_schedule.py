@@ -222,12 +222,49 @@ def test_schedule_options_are_checked():
         hypergradient(*p, checkpoint_every=2, checkpoint_outer_slots=1)
     with pytest.raises(ValueError, match="_outer_slots"):
         hypergradient(*p, checkpoint_outer_slots=-1)
+    with pytest.raises(ValueError, match="not both"):
+        hypergradient(*p, checkpoint_slots=2, checkpoint_memory=10**6)
+    with pytest.raises(ValueError, match="checkpoint_memory"):
+        hypergradient(*p, checkpoint_memory=-1)
 
 
-def test_default_schedule_memory_is_flat_in_T():
-    """Issue 3: adjoint peak at long T within 1.2x of T=3 (LeNet, real batch 256, float32). The
-    default schedule stores 2 vectors like T=3 does, plus at most the recomputed current one
-    (the sqrt(T) schedule holds ~2 sqrt(T) at once, +15 vectors at T=80)."""
+@pytest.mark.parametrize("memory_vectors", [0, 1, 3, 12, 13, 100])
+def test_memory_budget_schedule_equals_unroll(memory_vectors):
+    """Any budget (none, some, all of the T=13 vectors) gives the oracle's hypergradient."""
+    p = make_problem("mlp")
+    model, w0 = p[0], p[1]
+    raw = torch.full((13,), -1.0, dtype=torch.float64)
+    args = (model, w0, p[2], p[3], raw, p[5], p[6])
+    vector = w0.numel() * w0.element_size()
+    a = hypergradient(*args, rng_seed=1, checkpoint_memory=memory_vectors * vector)
+    u = hypergradient(*args, engine="unroll", rng_seed=1)
+    _agree(a, u)
+
+
+def test_default_schedule_stores_every_vector():
+    """Within the default budget nothing is recomputed: T advances for T steps."""
+    from fastdistill.engine.hypergrad import _checkpoint_schedule
+
+    schedule = _checkpoint_schedule(None, None, None, None, vector_bytes=61706 * 4)
+    actions = list(schedule(31, 0))
+    assert sum(a == "advance" for a, _ in actions) == 30
+    assert sum(a == "store" for a, _ in actions) == 29  # w_0 is held by the caller
+    tight = _checkpoint_schedule(None, None, None, 4 * 61706 * 4, vector_bytes=61706 * 4)
+    assert max(_live_stores(list(tight(31, 0)))) <= 4
+
+
+def _live_stores(actions):
+    live, out = 0, []
+    for a, _ in actions:
+        live += {"store": 1, "free": -1}.get(a, 0)
+        out.append(live)
+    return out
+
+
+def test_slot_schedule_memory_is_flat_in_T():
+    """Adjoint peak at long T within 1.2x of T=3 (LeNet, real batch 256, float32) under a fixed
+    slot count: 2 vectors stored during the outer pass like T=3, plus at most the recomputed
+    current one (the sqrt(T) schedule holds ~2 sqrt(T) at once, +15 vectors at T=80)."""
     torch.manual_seed(0)
     model = FlatModel(LeNet())
     w0 = torch.randn(1, model.num_params) * 0.05
@@ -237,7 +274,8 @@ def test_default_schedule_memory_is_flat_in_T():
 
     def peak(T: int) -> int:
         raw = torch.full((T,), -4.0)
-        return peak_memory(lambda: hypergradient(model, w0, data, labels, raw, rx, ry))[1]
+        hg = lambda: hypergradient(model, w0, data, labels, raw, rx, ry, checkpoint_slots=8)
+        return peak_memory(hg)[1]
 
     vector = model.num_params * 4
     short, long = peak(3), peak(80)

@@ -17,7 +17,7 @@ from test_fused_step import MODELS as STEP_MODELS
 from test_fused_step import problem
 
 from fastdistill.engine import FlatModel, hypergradient
-from fastdistill.engine import fused_step as fs
+from fastdistill.engine.fused import step as fs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("fused_on")]
 DEV = "cuda"

@@ -1,4 +1,4 @@
-"""Fused inner-step gradients/HVPs (fastdistill.engine.fused_step) against autograd, float64."""
+"""Fused inner-step gradients/HVPs (fastdistill.engine.fused) against autograd, float64."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from engine_problems import DropoutMLP, make_problem
 from torch import nn
 
 from fastdistill.engine import FlatModel, hypergradient, sample_weights
-from fastdistill.engine import fused_step as fs
+from fastdistill.engine.fused import step as fs
 from fastdistill.models import MLP, AlexCifarNet, ConvNet, LeNet
 
 TOL = 1e-10
@@ -190,7 +190,7 @@ def test_switch_off_gives_the_same_numbers(monkeypatch):
 )
 def test_unsupported_models_fall_back_and_say_so(module, caplog):
     model = FlatModel(module().double())
-    with caplog.at_level(logging.INFO, logger="fastdistill.engine.fused_step"):
+    with caplog.at_level(logging.INFO, logger="fastdistill.engine.fused"):
         assert not fs.uses_fused(model)
     text = fs.describe(model)
     assert text.startswith("autograd fallback:"), text
@@ -227,7 +227,7 @@ def test_cpp_and_python_steps_agree():
     model, w, x, y, v = problem("lenet28", 3, "soft")
     fs._seq_enabled = True
     try:
-        assert fs._seq(fs._plan(model), w, x)
+        assert fs._seq(fs.cached_plan(model), w, x)
         cpp = fs.inner_hvp(model, w, x, y, "soft", v, True)
         fs._seq_enabled = False
         py = fs.inner_hvp(model, w, x, y, "soft", v, True)
@@ -239,15 +239,15 @@ def test_cpp_and_python_steps_agree():
 
 def test_reference_backend_runs_conv_pool_blocks_unfused():
     """Without the conv_pool kernels the ConvPool block runs its unfused Python layers."""
-    from fastdistill import _extension
+    from fastdistill import ops
 
     model, w, x, y, v = problem("lenet8", 2, "softmax")
     want = fs.autograd_inner_hvp(model, w, x, y, "softmax", v, True)
-    _extension.set_backend("reference")
+    ops.set_backend("reference")
     try:
         assert "unfused" in fs.describe(model) or "Python" in fs.describe(model)
         got = fs.inner_hvp(model, w, x, y, "softmax", v, True)
     finally:
-        _extension.set_backend(None)
+        ops.set_backend(None)
     for a, b in zip(got, want):
         assert rel(a, b) < TOL

@@ -8,16 +8,16 @@ import pytest
 import torch
 
 import fastdistill.ops  # noqa: F401  (registers nothing by itself; the ops load lazily)
-from fastdistill import _extension
+from fastdistill import ops
 
 
 @pytest.fixture(autouse=True)
 def _backend_auto():
     """Every op test starts in auto backend mode, whatever FASTDISTILL_BACKEND says (the forced
     modes are tested in subprocesses), and ends with the environment's mode."""
-    _extension.set_backend("auto")
+    ops.set_backend("auto")
     yield
-    _extension.set_backend(None)
+    ops.set_backend(None)
 
 
 @pytest.fixture(autouse=True)
@@ -36,9 +36,9 @@ def _no_tf32():
 def kernels():
     """``torch.ops.fastdistill``; skips when the extension is deliberately absent, fails when
     it should be there but does not load."""
-    if _extension.load():
+    if ops.extension_loaded():
         return torch.ops.fastdistill
-    reason = _extension.backend_info()["reason"]
+    reason = ops.backend_info()["reason"]
     if os.environ.get("FASTDISTILL_DISABLE_EXTENSION") or os.environ.get(
         "FASTDISTILL_NO_EXTENSION"
     ):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastdistill import _extension, ops
+from fastdistill import ops
 from fastdistill.ops import reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,4 +198,4 @@ def test_invalid_env_backend(monkeypatch):
     monkeypatch.setenv("FASTDISTILL_BACKEND", "turbo")
     ops.set_backend(None)  # read the environment
     with pytest.raises(ValueError, match="FASTDISTILL_BACKEND must be one of"):
-        _extension.get_backend()
+        ops.get_backend()

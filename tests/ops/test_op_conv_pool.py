@@ -75,11 +75,11 @@ def test_public_wrappers_use_kernels(kernels, device):
 
 
 def test_reference_backend_matches(kernels):
-    from fastdistill import _extension
+    from fastdistill import ops
 
     x, w, b, pad = problem(SHAPES[1], torch.float64, "cpu")
     got = ops.conv_pool_forward(x, w, b, pad)
-    _extension.set_backend("reference")
+    ops.set_backend("reference")
     want = ops.conv_pool_forward(x, w, b, pad)
     assert ops.last_backend("conv_pool_forward").backend == "reference"
     assert torch.equal(got[1], want[1]) and rel(got[0], want[0]) < 1e-12
@@ -152,11 +152,11 @@ def test_meta(kernels):
 def test_seq_step_opcheck(kernels, device):
     """fastdistill::seq_step (the one-call fused step): schema, fake kernel, device."""
     from fastdistill.engine import FlatModel, sample_weights
-    from fastdistill.engine import fused_step as fs
+    from fastdistill.engine.fused import step as fs
     from fastdistill.models import LeNet
 
     model = FlatModel(LeNet(1, 4, 12).double().to(device))
-    spec = fs._plan(model).spec
+    spec = fs.cached_plan(model).spec
     assert spec is not None
     gen = torch.Generator().manual_seed(0)
     w = sample_weights(model, 2, generator=gen, dtype=torch.float64).to(device)
@@ -174,3 +174,29 @@ def test_seq_step_opcheck(kernels, device):
     value, g, hv, dx, dy = op(w, v, x, y, spec, "soft", True, True)
     assert value.shape == (2,) and g.shape == hv.shape == w.shape
     assert dx.shape == x.shape and dy.shape == y.shape
+
+
+@pytest.mark.parametrize("bad", [4, 7, 128, 254])
+@pytest.mark.parametrize("device", DEVICES)
+def test_invalid_codes_are_rejected_not_read(kernels, device, bad):
+    """A code outside 0-3/255 would index outside its 2x2 window: every path refuses it."""
+    x = make((2, 1, 8, 8), torch.float64, device, seed=1)
+    w = make((1, 3, 1, 3, 3), torch.float64, device, seed=2)
+    _, code = kernels.conv_pool_forward(x, w, None, [1, 1], True)
+    code = code.clone()
+    code.view(-1)[5] = bad
+    grad = torch.ones(code.shape, dtype=torch.float64, device=device)
+    calls = {
+        "kernel gather": lambda: kernels.conv_pool_gather(x, w, None, code, [1, 1]),
+        "kernel backward": lambda: kernels.conv_pool_backward(
+            grad, x, w, code, [1, 1], [True, True, False]
+        ),
+        "reference gather": lambda: ref.conv_pool_gather(x, w, None, code, [1, 1]),
+        "reference backward": lambda: ref.conv_pool_backward(
+            grad, x, w, code, [1, 1], [True, True, False]
+        ),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ValueError, match=f"invalid value {bad} at flat index 5"):
+            call()
+        assert what

@@ -448,7 +448,7 @@ def test_func_grad_transforms_fall_back_to_reference(kernels):
 
 # -------------------------------------------------------------------------- inner_loss
 def _old_inner_loss(logits, labels, kind):
-    """inner_loss before it used the op (the formula of SPEC §2)."""
+    """inner_loss before it used the op (the formula of docs/algorithm.md §2)."""
     if kind == "binary":
         z = logits.squeeze(-1)
         y = labels.to(z.dtype).expand_as(z)

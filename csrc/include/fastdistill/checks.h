@@ -14,7 +14,7 @@ namespace fastdistill {
 
 // Error messages are built from strings only: integers go through std::to_string and shapes
 // through shape_str, never `<<` of an int64_t or IntArrayRef. On the H200 machine (torch 2.11,
-// Python 3.12, g++ 13.3; 2026-11-28) any message that streamed an integer segfaulted the
+// Python 3.12, g++ 13.3) any message that streamed an integer segfaulted the
 // process inside the stream's number formatting, while strings, dtypes and devices were fine
 // (tools/gpu_diag.py runs each case in its own process).
 inline std::string shape_str(const at::Tensor& t) {
@@ -78,26 +78,6 @@ inline void check_like(const char* op, const char* name, const at::Tensor& t,
 inline void check_scalar(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(t.dim() == 0, op, ": `", name,
                     "` must be a 0-d tensor (one step size), got shape ", shape_str(t));
-}
-
-// inner_update(w, g, raw_lr): w is [B, P] (any shape is accepted: the op is elementwise).
-inline void check_inner_update(const at::Tensor& w, const at::Tensor& g, const at::Tensor& raw_lr,
-                               c10::DeviceType device_type) {
-  constexpr const char* op = "fastdistill::inner_update";
-  check_reference_arg(op, "w", w, device_type);
-  check_like(op, "g", g, "w", w, /*same_shape=*/true);
-  check_like(op, "raw_lr", raw_lr, "w", w, /*same_shape=*/false);
-  check_scalar(op, "raw_lr", raw_lr);
-}
-
-inline void check_adjoint_update(const at::Tensor& v, const at::Tensor& hv, const at::Tensor& g,
-                                 const at::Tensor& raw_lr, c10::DeviceType device_type) {
-  constexpr const char* op = "fastdistill::adjoint_update";
-  check_reference_arg(op, "v", v, device_type);
-  check_like(op, "hv", hv, "v", v, /*same_shape=*/true);
-  check_like(op, "g", g, "v", v, /*same_shape=*/true);
-  check_like(op, "raw_lr", raw_lr, "v", v, /*same_shape=*/false);
-  check_scalar(op, "raw_lr", raw_lr);
 }
 
 }  // namespace fastdistill

@@ -2,11 +2,14 @@
 // fastdistill/ops/reference/conv_pool.py: dtype problems raise TypeError, shapes ValueError.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <optional>
+#include <string>
 
 #include "fastdistill/checks.h"
 #include "fastdistill/conv_pool.h"
@@ -60,6 +63,37 @@ inline ConvPoolDims conv_pool_dims(const char* op, const at::Tensor& x, const at
   return d;
 }
 
+// Every code must be 0-3 (the argmax position dy*2+dx in its 2x2 window) or 255 (inactive):
+// the kernels read the conv output at the coded position, so any other value would read outside
+// the window. One pass over the codes (on a GPU: a few ATen ops and one host sync).
+inline void check_conv_pool_code_values(const char* op, const at::Tensor& code) {
+  if (code.numel() == 0) return;
+  int64_t bad_index = -1;
+  int bad_value = 0;
+  if (code.device().is_cpu()) {
+    const at::Tensor c = code.contiguous();
+    const uint8_t* p = c.const_data_ptr<uint8_t>();
+    const int64_t n = c.numel();
+    for (int64_t i = 0; i < n; ++i) {
+      if (p[i] > 3 && p[i] != 255) {
+        bad_index = i;
+        bad_value = p[i];
+        break;
+      }
+    }
+  } else {
+    const at::Tensor bad = at::logical_and(code.gt(3), code.ne(255)).flatten();
+    if (bad.any().item<bool>()) {
+      bad_index = bad.nonzero().select(1, 0)[0].item<int64_t>();
+      bad_value = code.flatten()[bad_index].item<uint8_t>();
+    }
+  }
+  TORCH_CHECK_VALUE(bad_index < 0, op, ": `code` holds the invalid value ",
+                    std::to_string(bad_value), " at flat index ", std::to_string(bad_index),
+                    "; valid codes are 0-3 (argmax in the 2x2 window) and 255 (inactive), as ",
+                    "conv_pool_forward returns them");
+}
+
 // `code` (and `grad` if given) must be [N, B*Cout, HP, WP] on x's device.
 inline void check_conv_pool_code(const char* op, const ConvPoolDims& d, const at::Tensor& code,
                                  const at::Tensor& x, const at::Tensor* grad) {
@@ -69,6 +103,7 @@ inline void check_conv_pool_code(const char* op, const ConvPoolDims& d, const at
   const bool shape_ok = code.dim() == 4 && code.size(0) == d.N && code.size(1) == d.B * d.Cout &&
                         code.size(2) == d.HP && code.size(3) == d.WP;
   TORCH_CHECK_VALUE(shape_ok, op, ": `code` must be [N, B*Cout, HP, WP]");
+  check_conv_pool_code_values(op, code);
   if (grad != nullptr) {
     check_like(op, "grad", *grad, "x", x, /*same_shape=*/false);
     TORCH_CHECK_VALUE(grad->sizes() == code.sizes(), op, ": `grad` must have the shape of `code`");

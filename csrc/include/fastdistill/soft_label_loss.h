@@ -1,7 +1,7 @@
 // fastdistill::soft_label_loss: plain types shared by the host code and the kernels (no torch
 // headers: included by the .cu files).
 //
-// Per-example inner loss of dataset distillation (SPEC §2) for logits z [N, K] and labels y:
+// Per-example inner loss of dataset distillation (docs/algorithm.md §2) for logits z [N, K] and labels y:
 //   soft:    l = -sum_k y_k log_softmax(z)_k      y [N, K], raw (unconstrained) label weights
 //   softmax: l = -sum_k t_k log_softmax(z)_k      t = softmax(y), y [N, K]
 //   binary:  l = softplus(z) - y z                BCE-with-logits, z [N, 1], y [N]

@@ -63,9 +63,9 @@ def conv_pool_dims(
     if min(B, Cout, Cin, KH, KW) < 1:
         raise ValueError(f"{op}: `w` has an empty dimension")
     N, XC, H, W = x.shape
-    if XC == Cin:
+    if Cin == XC:
         G = 1
-    elif XC == Cin * B:
+    elif Cin * B == XC:
         G = B
     else:
         raise ValueError(
@@ -117,11 +117,25 @@ def _active(code: Tensor) -> Tensor:
     return code != INACTIVE
 
 
+def check_codes(op: str, code: Tensor) -> None:
+    """Codes are 0-3 (argmax in the 2x2 window) or 255 (inactive), as the kernels require."""
+    bad = (code > 3) & (code != INACTIVE)
+    if bool(bad.any()):
+        index = int(bad.flatten().nonzero()[0, 0])
+        value = int(code.flatten()[index])
+        raise ValueError(
+            f"{op}: `code` holds the invalid value {value} at flat index {index}; valid codes "
+            "are 0-3 (argmax in the 2x2 window) and 255 (inactive), as conv_pool_forward "
+            "returns them"
+        )
+
+
 def conv_pool_gather(
     x: Tensor, w: Tensor, b: Tensor | None, code: Tensor, padding: list[int]
 ) -> Tensor:
     """``conv(x, w) + b`` at each window's coded position, 0 where the code is inactive."""
     d = conv_pool_dims("fastdistill::conv_pool_gather", x, w, b, padding)
+    check_codes("fastdistill::conv_pool_gather", code)
     z = _windows(_conv(x, w, b, d), d)
     active = _active(code)
     pick = torch.where(active, code, torch.zeros_like(code)).long().unsqueeze(-1)
@@ -140,6 +154,7 @@ def conv_pool_backward(
     """``(dx, dw, db)`` of the forward pass given ``grad`` at the pooled positions (ignored where
     inactive); outputs not in ``output_mask`` come back as empty tensors."""
     d = conv_pool_dims("fastdistill::conv_pool_backward", x, w, None, padding)
+    check_codes("fastdistill::conv_pool_backward", code)
     N, C = grad.shape[:2]
     active = _active(code)
     g = torch.where(active, grad, torch.zeros_like(grad))

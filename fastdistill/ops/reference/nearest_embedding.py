@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fastdistill.ops.reference._checks import check_like
+from fastdistill.ops.reference._math import sqrt_correctly_rounded
 
 __all__ = ["METRICS", "check_nearest_embedding", "embedding_table_norms", "nearest_embedding"]
 
@@ -89,7 +90,7 @@ def _row_sq_norms64(x: Tensor) -> Tensor:
 
 def _norms(x: Tensor, metric: str) -> Tensor:
     sq = _row_sq_norms64(x)
-    return (sq if metric == "euclidean" else sq.sqrt()).to(x.dtype)
+    return (sq if metric == "euclidean" else sqrt_correctly_rounded(sq)).to(x.dtype)
 
 
 def embedding_table_norms(table: Tensor, metric: str = "euclidean") -> Tensor | None:
@@ -180,9 +181,8 @@ def nearest_embedding(
             q_aux = _aux(_norms(q, metric), metric)
         key, cols = _select(_keys(q @ table.T, q_aux, t_aux, metric), k)
         if metric == "euclidean":
-            # sqrt in float64, then rounded: correctly rounded like the kernels' sqrt (torch's
-            # vectorised float32 sqrt may be 1 ulp off)
-            vals, cols = _by_value_then_index(key.double().sqrt().to(key.dtype), cols)
+            # correctly rounded like the kernels' sqrt (torch's may be 1 ulp off)
+            vals, cols = _by_value_then_index(sqrt_correctly_rounded(key), cols)
         else:
             vals = 0 - key
         values[i : i + chunk] = vals

@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of ``fastdistill::soft_label_loss`` and its backward ops.
 
-Per-example inner loss (SPEC §2) of logits ``z [N, K]``:
+Per-example inner loss (docs/algorithm.md §2) of logits ``z [N, K]``:
 
 * ``soft``: ``-sum_k y_k log_softmax(z)_k`` with the raw label row ``y [N, K]`` as weights;
 * ``softmax``: the same with the target ``t = softmax(y)``;

@@ -1,4 +1,4 @@
-"""Baselines (SPEC §5) on real digits and a tiny generated text task: what each baseline builds,
+"""Baselines (docs/algorithm.md §5) on real digits and a tiny generated text task: what each baseline builds,
 k-NN against brute force, k-means against its definition and scikit-learn, the top-20% rule,
 the binary label sense, input errors, and the end-to-end entry point."""
 
@@ -259,8 +259,8 @@ def test_kmeans_matches_sklearn_quality(digits):
 
 def test_kmeans_streamed_in_chunks_equals_in_memory(digits, monkeypatch):
     whole = kmeans_centroids(digits, per_class=3, steps=1, generator=gen(4))
-    monkeypatch.setattr(B, "_CHUNK_ELEMENTS", 64 * 7)  # 7 rows per chunk
-    monkeypatch.setattr(B, "_CACHE_BYTES", 0)  # never keep a class in memory
+    monkeypatch.setattr(B._common, "_CHUNK_ELEMENTS", 64 * 7)  # 7 rows per chunk
+    monkeypatch.setattr(B._common, "_CACHE_BYTES", 0)  # never keep a class in memory
     streamed = kmeans_centroids(digits, per_class=3, steps=1, generator=gen(4))
     torch.testing.assert_close(streamed.data, whole.data, rtol=0, atol=1e-5)
     avg = average_real(digits)

@@ -1,4 +1,4 @@
-"""The outer loop: Adam over distilled data, labels and step sizes (SPEC §3).
+"""The outer loop: Adam over distilled data, labels and step sizes (docs/algorithm.md §3).
 
 One iteration: draw a real batch, draw the nets' initial weights (the fixed init, or fresh
 ones), compute the exact hypergradient with the chosen engine, step Adam; at the end of every
@@ -6,12 +6,24 @@ pass over the real data, step the learning-rate schedule (after the optimiser, u
 original code). A non-finite loss or gradient stops the run with a clear error and leaves the
 last good state in place. ``state_dict``/``save_checkpoint`` capture everything needed to
 resume exactly: tensors, optimiser moments, schedule, RNG states and the data position.
+
+Checkpoints are written only at iteration boundaries: periodically, at the end, and when a
+SIGINT/SIGTERM asks the run to stop (the handler sets a flag; the iteration in progress
+finishes, the checkpoint is written, :class:`Interrupted` is raised). An error inside an
+iteration writes nothing, so the file on disk is always a boundary state. Each write keeps the
+previous file as ``NAME.prev.safetensors``; :meth:`Distiller.resume` falls back to it when the
+newest fails verification.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -25,8 +37,14 @@ from fastdistill.config import DistillConfig
 from fastdistill.data import RealBatchSampler, load_dataset
 from fastdistill.data.protocol import DistillData
 from fastdistill.data.split import split_validation
-from fastdistill.distilled import DistilledSet, atomic_save_safetensors, load_safetensors
-from fastdistill.engine.distributed import Shard, all_reduce_sum, is_main_rank, rank_and_world
+from fastdistill.distilled import (
+    ArtifactError,
+    DistilledSet,
+    atomic_save_safetensors,
+    load_safetensors,
+    remove_orphan_temps,
+)
+from fastdistill.distributed import Shard, all_reduce_sum, is_main_rank, rank_and_world
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.hypergrad import hypergradient
 from fastdistill.engine.init import sample_weights
@@ -37,14 +55,123 @@ CHECKPOINT_FORMAT = "fastdistill.checkpoint/1"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _same_config(saved: dict[str, Any], config: DistillConfig) -> bool:
-    """The checkpoint's configuration is this run's; fields added to DistillConfig after the
-    checkpoint was written count as equal while this run keeps their defaults."""
+def _config_differences(saved: dict[str, Any], config: DistillConfig) -> list[str]:
+    """``field: CHECKPOINT in the checkpoint, NOW now`` for each field where the checkpoint's
+    configuration is not this run's; fields added to DistillConfig after the checkpoint was
+    written count as equal while this run keeps their defaults."""
     current = json.loads(json.dumps(config.to_dict()))
     defaults = json.loads(json.dumps(DistillConfig().to_dict()))
-    return all(
-        saved[k] == v if k in saved else v == defaults.get(k) for k, v in current.items()
-    ) and set(saved) <= set(current)
+    diffs = []
+    for k, v in current.items():
+        old = saved[k] if k in saved else defaults.get(k)
+        if old != v:
+            shown = json.dumps(old) if k in saved else f"{json.dumps(old)} (default)"
+            diffs.append(f"{k}: {shown} in the checkpoint, {json.dumps(v)} now")
+    diffs += [f"{k}: not a field of this version" for k in sorted(set(saved) - set(current))]
+    return diffs
+
+
+def _same_config(saved: dict[str, Any], config: DistillConfig) -> bool:
+    return not _config_differences(saved, config)
+
+
+def prev_checkpoint_path(path: str | Path) -> Path:
+    """``checkpoint.safetensors`` -> ``checkpoint.prev.safetensors`` (the previous good one)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped the run. ``iteration`` is the boundary it stopped at (None when
+    outside the loop); ``checkpoint`` the file written there (None: nothing written, e.g. a
+    second signal aborted the run). ``exit_code`` is 128 + the signal number."""
+
+    def __init__(
+        self,
+        signum: int,
+        iteration: int | None = None,
+        checkpoint: Path | None = None,
+        *,
+        aborted: bool = False,
+    ) -> None:
+        self.signum, self.iteration, self.checkpoint, self.aborted = (
+            signum,
+            iteration,
+            checkpoint,
+            aborted,
+        )
+        self.exit_code = 128 + signum
+        if aborted:
+            msg = (
+                f"interrupted again at iteration {iteration}; stopped without writing a "
+                "checkpoint (resume with --resume from the last one)"
+            )
+        elif iteration is None:
+            msg = f"interrupted by {signal.Signals(signum).name}"
+        else:
+            msg = f"interrupted at iteration {iteration}; resume with --resume"
+        super().__init__(msg)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _StopOnSignal:
+    """While active (main thread only): the first SIGINT/SIGTERM sets ``signum``; a second one
+    raises :class:`Interrupted` (``aborted``) at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, distiller: Distiller) -> None:
+        self.distiller = distiller
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            self.restore()
+            raise Interrupted(signum, self.distiller.iteration, aborted=True)
+        self.signum = signum
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def stop_requested(self) -> bool:
+        """Whether to stop at this boundary; under torchrun the ranks agree (one all-reduce),
+        so that they all stop at the same iteration and rank 0's checkpoint is theirs."""
+        flag = self.signum is not None
+        if rank_and_world()[1] > 1:
+            (total,) = all_reduce_sum([torch.tensor([float(flag)], device=self.distiller.device)])
+            if float(total) > 0 and self.signum is None:
+                self.signum = int(signal.SIGTERM)
+            return float(total) > 0
+        return flag
+
+
+def check_finite_data(data: DistillData) -> None:
+    """Reject real data with NaN/inf (images, or a text dataset's word vectors): otherwise the
+    first hypergradient is NaN and the error blames the learning rate."""
+    name = getattr(data, "name", type(data).__name__)
+    for attr in ("train_x", "test_x", "embeddings"):
+        t = getattr(data, attr, None)
+        if isinstance(t, Tensor) and t.is_floating_point():
+            bad = ~torch.isfinite(t)
+            n = int(bad.sum())
+            if n:
+                first = int(bad.reshape(t.shape[0], -1).any(1).nonzero()[0])
+                what = "word vector" if attr == "embeddings" else "example"
+                raise ValueError(
+                    f"dataset {name!r}: {attr} holds {n} non-finite value(s) (NaN/inf), first "
+                    f"in {what} {first}; the input data is broken (not the learning rate): "
+                    "fix or re-create the data files"
+                )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,12 +202,21 @@ class Distiller:
         self.dtype = _DTYPES[c.dtype]
         if data is None:
             data = load_dataset(c.dataset, data_root, download=download, **c.data_kwargs())
+        check_finite_data(data)
         self.data = data.to(self.device)
         self.val_x = self.val_y = None
         if c.validation > 0:
             self.data, self.val_x, self.val_y = split_validation(self.data, c.validation, c.seed)
         self.binary = self.data.binary
-        module = build_model_for(c.model, self.data, **c.model_kwargs)
+        try:
+            module = build_model_for(c.model, self.data, **c.model_kwargs)
+        except (TypeError, RuntimeError, ValueError) as err:
+            detail = " ".join(str(err).split())
+            raise ValueError(
+                f"model {c.model!r} cannot be built with model_kwargs="
+                f"{json.dumps(c.model_kwargs)} ({detail}); fix model_kwargs (see the model's "
+                "constructor in fastdistill/models)"
+            ) from None
         self.model = FlatModel(module.to(self.device, self.dtype))
 
         # One generator for everything drawn on the host side (data, labels, batches), one on
@@ -123,6 +259,7 @@ class Distiller:
         self.iteration = 0
         self.history: list[dict[str, float]] = []
         self.wall_time = 0.0
+        self.smoothed_loss: float | None = None  # running mean of the outer loss (history)
         # Best set by validation accuracy (when config.validation > 0), restored by fit().
         self.best: dict[str, Any] | None = None
         self.best_tensors: dict[str, Tensor] = {}
@@ -183,11 +320,8 @@ class Distiller:
             self.data.train_y[idx],
             label_kind=d.label_kind,
             learn_labels=d.learn_labels,
-            engine=c.engine,
-            checkpoint_every=c.checkpoint_every,
-            checkpoint_slots=c.checkpoint_slots,
-            outer_chunk=c.outer_chunk,
             rng_seed=seed,
+            **c.hypergradient_options(),
         )
         grads = [hg.grad_data, hg.grad_raw_lrs] + ([hg.grad_labels] if d.learn_labels else [])
         if world > 1:
@@ -225,57 +359,126 @@ class Distiller:
         callback: Callable[[Distiller, dict[str, float]], None] | None = None,
         checkpoint_path: str | Path | None = None,
         checkpoint_every: int = 500,
+        handle_signals: bool = True,
     ) -> DistilledSet:
         """Run until ``iterations`` (default: the configuration's total) have been done.
 
-        With ``checkpoint_path``, an atomic checkpoint is written every ``checkpoint_every``
-        iterations, at the end, and when the run stops on an error or Ctrl-C.
+        With ``checkpoint_path``, a checkpoint is written atomically every ``checkpoint_every``
+        iterations and at the end (the previous one kept as ``NAME.prev.safetensors``); before
+        the first iteration the folder is checked for writability and space
+        (:meth:`check_output`). With ``handle_signals`` (main thread only), SIGINT/SIGTERM
+        stop the run at the end of the iteration in progress: the checkpoint is written there
+        and :class:`Interrupted` is raised; a second signal aborts at once, writing nothing.
+        An exception inside an iteration writes nothing: the file on disk stays the last
+        boundary state.
         """
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
         target = self.total_iterations if iterations is None else iterations
+        ckpt = Path(checkpoint_path) if checkpoint_path else None
+        if ckpt is not None and is_main_rank():
+            remove_orphan_temps(ckpt.parent, [ckpt.name])
+            if self.iteration < target:
+                self.check_output(ckpt)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=target, initial=self.iteration, desc="distill", unit="it")
-        running = None
+        stopper = _StopOnSignal(self) if handle_signals else None
         try:
+            if stopper is not None:
+                stopper.install()
             while self.iteration < target:
-                t0 = time.perf_counter()
-                stats = self.step()
-                self.wall_time += time.perf_counter() - t0
-                running = (
-                    stats["outer_loss"]
-                    if running is None
-                    else (0.95 * running + 0.05 * stats["outer_loss"])
-                )
-                if self.iteration % log_every == 0 or self.iteration == target:
-                    self.history.append(
-                        {**stats, "smoothed_loss": running, "wall_time": self.wall_time}
-                    )
-                if bar is not None:
-                    bar.update(1)
-                    if self.iteration % 10 == 0:
-                        bar.set_postfix(loss=f"{running:.4f}", lr=f"{stats['lr']:.2g}")
-                if self.val_x is not None and (
-                    self.iteration % self.config.validate_every == 0 or self.iteration == target
-                ):
-                    self._validate()
-                if checkpoint_path and self.iteration % checkpoint_every == 0:
-                    self.save_checkpoint(checkpoint_path)
-                if callback is not None:
-                    callback(self, stats)
-        except BaseException:
-            if checkpoint_path:
-                self.save_checkpoint(checkpoint_path)
-            raise
+                saved = self._iterate(target, log_every, bar, callback, ckpt, checkpoint_every)
+                if stopper is not None and stopper.stop_requested():
+                    if ckpt is not None and not saved:
+                        self.save_checkpoint(ckpt)
+                    raise Interrupted(stopper.signum, self.iteration, ckpt)
+            if self.best is not None and self.iteration >= self.total_iterations:
+                self.restore_best()
+            if ckpt is not None:
+                self.save_checkpoint(ckpt)
+            if stopper is not None and stopper.stop_requested():
+                raise Interrupted(stopper.signum, self.iteration, ckpt)
         finally:
+            if stopper is not None:
+                stopper.restore()
             if bar is not None:
                 bar.close()
-        if self.best is not None and self.iteration >= self.total_iterations:
-            self.restore_best()
-        if checkpoint_path:
-            self.save_checkpoint(checkpoint_path)
         return self.distilled
+
+    def _iterate(
+        self,
+        target: int,
+        log_every: int,
+        bar: Any,
+        callback: Callable[[Distiller, dict[str, float]], None] | None,
+        ckpt: Path | None,
+        checkpoint_every: int,
+    ) -> bool:
+        """One iteration with its bookkeeping; returns whether it wrote the checkpoint."""
+        t0 = time.perf_counter()
+        stats = self.step()
+        self.wall_time += time.perf_counter() - t0
+        loss = stats["outer_loss"]
+        running = self.smoothed_loss
+        self.smoothed_loss = running = loss if running is None else 0.95 * running + 0.05 * loss
+        if self.iteration % log_every == 0 or self.iteration == target:
+            self.history.append({**stats, "smoothed_loss": running, "wall_time": self.wall_time})
+        if bar is not None:
+            bar.update(1)
+            if self.iteration % 10 == 0:
+                bar.set_postfix(loss=f"{running:.4f}", lr=f"{stats['lr']:.2g}")
+        if self.val_x is not None and (
+            self.iteration % self.config.validate_every == 0 or self.iteration == target
+        ):
+            self._validate()
+        saved = False
+        if ckpt is not None and self.iteration % checkpoint_every == 0:
+            self.save_checkpoint(ckpt)
+            saved = True
+        if callback is not None:
+            callback(self, stats)
+        return saved
+
+    def estimate_checkpoint_bytes(self) -> int:
+        """About how large a checkpoint of this run is (with Adam's moments and the best set,
+        which exist only after the first iteration/validation)."""
+        tensors, state = self.state_dict()
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        params = sum(p.numel() * p.element_size() for p in self.params)
+        if not self.optimizer.state:
+            total += 2 * params  # exp_avg, exp_avg_sq
+        if self.val_x is not None and not self.best_tensors:
+            total += params
+        history = len(json.dumps(state)) + 200 * (self.total_iterations // 50 + 10)
+        return total + history + 64 * 1024
+
+    def check_output(self, checkpoint_path: str | Path) -> None:
+        """Fail before the first iteration when the checkpoint's folder is a file, is not
+        writable, or lacks the space of two checkpoints (the newest and the previous)."""
+        folder = Path(checkpoint_path).parent
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"output folder {folder} is a file; pass a folder path")
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".fastdistill-write-test.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise ValueError(
+                f"output folder {folder} is not writable ({err.strerror or err}); choose "
+                "another folder or fix its permissions"
+            ) from None
+        need = 2 * self.estimate_checkpoint_bytes()
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise ValueError(
+                f"output folder {folder} has {free / 2**20:.1f} MiB free but two checkpoints "
+                f"of this run need about {need / 2**20:.1f} MiB; free some space or choose "
+                "another folder"
+            )
 
     # -- validation: keep the best set (model selection without touching the test set) --------
     def _validate(self) -> float:
@@ -303,7 +506,7 @@ class Distiller:
     def evaluate(
         self, n_nets: int | None = None, seed: int | None = None, split: str = "test"
     ) -> Accuracy:
-        """Accuracy of the distilled set under this run's init distribution (SPEC §4), on the
+        """Accuracy of the distilled set under this run's init distribution (docs/algorithm.md §4), on the
         full test set or (``split="validation"``) on the held-out part of the training set."""
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
@@ -355,6 +558,7 @@ class Distiller:
         state = {
             "iteration": self.iteration,
             "wall_time": self.wall_time,
+            "smoothed_loss": self.smoothed_loss,
             "history": self.history,
             "config": self.config.to_dict(),
             "param_groups": opt["param_groups"],
@@ -370,8 +574,43 @@ class Distiller:
             return Path(path)
         tensors, state = self.state_dict()
         meta = {"format": CHECKPOINT_FORMAT, "state": json.dumps(state)}
-        atomic_save_safetensors(tensors, Path(path), meta)
-        return Path(path)
+        path = Path(path)
+        atomic_save_safetensors(tensors, path, meta, keep_previous=prev_checkpoint_path(path))
+        return path
+
+    def resume(
+        self,
+        path: str | Path,
+        *,
+        allow_device_change: bool = False,
+        report: Callable[[str], None] | None = None,
+    ) -> Path | None:
+        """Load the newest good checkpoint: ``path``, or its previous one
+        (:func:`prev_checkpoint_path`) when ``path`` is missing or fails verification (said
+        in one line to ``report``). Returns the file loaded, None when neither exists."""
+        path = Path(path)
+        prev = prev_checkpoint_path(path)
+        if not path.exists() and not prev.exists():
+            return None
+        if path.exists():
+            try:
+                self.load_checkpoint(path, allow_device_change=allow_device_change)
+                return path
+            except ArtifactError as err:
+                if not prev.exists():
+                    raise
+                why = str(err)
+        else:
+            why = f"{path} is missing"
+        try:
+            self.load_checkpoint(prev, allow_device_change=allow_device_change)
+        except ArtifactError as err:
+            raise ArtifactError(
+                prev, f"{err.problem} (and the newest checkpoint: {why})", err.tensor
+            ) from None
+        if report is not None:
+            report(f"{why}; resumed from the previous checkpoint {prev} instead")
+        return prev
 
     def load_checkpoint(self, path: str | Path, *, allow_device_change: bool = False) -> None:
         """Restore a checkpoint written by a run of the same configuration.
@@ -381,13 +620,42 @@ class Distiller:
         with the init-weight stream re-seeded from (seed, iteration), which changes the random
         nets drawn from then on (fixed-init runs draw none) and nothing else.
         """
-        tensors, meta = load_safetensors(path, "cpu")
+        tensors, meta = load_safetensors(path, "cpu", finite=lambda name: name != "rng.init")
         if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a fastdistill checkpoint")
-        state = json.loads(meta["state"])
-        if not _same_config(state["config"], self.config):
-            raise ValueError(f"{path} was written by a run with another configuration")
+            raise ArtifactError(path, "is not a fastdistill checkpoint")
+        try:
+            state = json.loads(meta["state"])
+            saved_config = state["config"]
+            missing = [
+                k
+                for k in ("iteration", "wall_time", "history", "param_groups", "scheduler")
+                if k not in state
+            ]
+            if missing:
+                raise KeyError(missing[0])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ArtifactError(path, f"has an invalid checkpoint state ({err})") from None
+        diffs = _config_differences(saved_config, self.config)
+        if diffs:
+            raise ValueError(
+                f"{path} was written by a run with another configuration ({'; '.join(diffs)}); "
+                "resume with the checkpoint's settings, or use another --out to start over"
+            )
         d = self.distilled
+        expected = {"data": d.data, "labels": d.labels, "raw_lrs": d.raw_lrs}
+        expected.update({"rng.host": self.generator.get_state()})
+        if d.init_weights is not None:
+            expected["init_weights"] = d.init_weights
+        for name, t in expected.items():
+            if name not in tensors:
+                raise ArtifactError(path, f"tensor {name!r} is missing", name)
+            if tensors[name].shape != t.shape:
+                raise ArtifactError(
+                    path,
+                    f"tensor {name!r} has shape {tuple(tensors[name].shape)}, this run "
+                    f"{tuple(t.shape)}",
+                    name,
+                )
         with torch.no_grad():
             for name in ("data", "labels", "raw_lrs"):
                 getattr(d, name).copy_(tensors[name])
@@ -430,3 +698,4 @@ class Distiller:
         self.iteration = state["iteration"]
         self.wall_time = state["wall_time"]
         self.history = state["history"]
+        self.smoothed_loss = state.get("smoothed_loss")

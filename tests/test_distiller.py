@@ -7,7 +7,7 @@ import torch
 
 from fastdistill.config import DistillConfig
 from fastdistill.data import load_image_dataset
-from fastdistill.engine.outer import Distiller, NonFiniteLossError
+from fastdistill.distiller import Distiller, NonFiniteLossError
 
 
 @pytest.fixture(scope="module")

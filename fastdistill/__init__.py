@@ -8,6 +8,7 @@ The data flow: user API (``fastdistill distill``, :func:`distill`) -> the outer 
 
 from fastdistill import ops
 from fastdistill.config import PRESETS, DistillConfig, get_preset
+from fastdistill.dataset import DistilledDataset, train_on
 from fastdistill.distilled import DistilledSet
 from fastdistill.distiller import Distiller, NonFiniteLossError
 from fastdistill.engine import FlatModel, Hypergradient, hypergradient, sample_weights
@@ -20,6 +21,7 @@ __all__ = [
     "PRESETS",
     "Accuracy",
     "DistillConfig",
+    "DistilledDataset",
     "DistilledSet",
     "Distiller",
     "FlatModel",
@@ -33,6 +35,7 @@ __all__ = [
     "ops",
     "sample_weights",
     "train_full_data",
+    "train_on",
 ]
 
 

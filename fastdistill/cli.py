@@ -22,14 +22,60 @@ from typing import Any
 
 import torch
 
-from fastdistill.config import PRESETS, get_preset
+from fastdistill.config import PRESETS
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    width = max(len(n) for n in PRESETS)
+    """Each preset: its size (T, distilled samples, nets per iteration, iterations), the
+    measured seconds per iteration on the reference CPU and the projected run time."""
+    from fastdistill.estimate import format_duration, preset_sizes
+    from fastdistill.preset_timings import DATE, MACHINE, TIMINGS
+
+    rows = []
     for name, p in PRESETS.items():
-        paper = f"  [paper: {p.paper_accuracy}]" if p.paper_accuracy else ""
-        print(f"{name:<{width}}  {p.description}{paper}")
+        size = preset_sizes(p.config)
+        timing = TIMINGS.get(name)
+        its = timing["iterations"] if timing else size["iterations"]
+        per_it = f"{timing['s_per_iteration']:.3g}" if timing else "-"
+        total = format_duration(timing["s_per_iteration"] * its) if timing else "-"
+        rows.append(
+            (
+                name,
+                str(size["T"]),
+                str(size["samples"] or "?"),
+                str(size["nets_per_iteration"]),
+                str(its or "?"),
+                per_it,
+                total,
+                p.description,
+                p.paper_accuracy,
+            )
+        )
+    if args.json:
+        keys = (
+            "name",
+            "T",
+            "samples",
+            "nets_per_iteration",
+            "iterations",
+            "s_per_iteration",
+            "projected",
+            "description",
+            "paper_accuracy",
+        )
+        print(json.dumps([dict(zip(keys, r)) for r in rows], indent=1))
+        return 0
+    head = ("preset", "T", "samples", "nets/it", "iterations", "s/it", "projected")
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(len(head))]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+        paper = f" [paper: {r[8]}]" if r[8] else ""
+        print(f"    {r[7]}{paper}")
+    print(
+        f"s/it: measured {DATE} on {MACHINE}; `fastdistill distill --preset NAME --estimate` "
+        "times it on this machine"
+    )
     return 0
 
 
@@ -117,18 +163,9 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {out}: {probe} is not writable; choose a writable folder")
 
 
-def _config_with(preset_config: Any, overrides: dict[str, Any], where: str) -> Any:
-    try:
-        return preset_config.replace(**overrides)
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
-
-
 def _init_torchrun(device: torch.device) -> torch.device:
     """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPUs)
     and give each rank its own GPU. Returns the device this rank uses."""
-    import os
-
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
@@ -140,60 +177,71 @@ def _init_torchrun(device: torch.device) -> torch.device:
     return device
 
 
-def _cmd_distill(args: argparse.Namespace) -> int:
+#: ``distill`` options that are shortcuts for configuration fields.
+_OPTION_FIELDS = ("iterations", "seed", "engine", "eval_nets", "full_data_epochs", "dtype")
+
+
+def _run_config(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The run's configuration, lowest to highest precedence: the preset (``--preset``, else
+    the config file's ``preset`` key), the ``--config`` file, the shortcut options, ``--set``."""
+    from fastdistill.config import resolve_config
+
+    if args.preset is None and args.config is None:
+        raise ValueError(
+            "distill needs --preset NAME (see `fastdistill presets`) or --config FILE "
+            "(e.g. a run folder's config.toml)"
+        )
+    options = {k: getattr(args, k) for k in _OPTION_FIELDS if getattr(args, k) is not None}
+    # the shortcut options are typed by argparse; --set values are checked by DistillConfig
+    return resolve_config(args.preset, args.config, {**options, **_parse_overrides(args.set)})
+
+
+def _estimate(args: argparse.Namespace, config: Any, device: torch.device) -> int:
+    """``distill --estimate N``: time N iterations of a throwaway run, print the projection."""
     from fastdistill.distiller import Distiller
-    from fastdistill.evaluate import distillation_ratio, train_full_data
-    from fastdistill.models import build_model_for
-    from fastdistill.ops import backend_info
-
-    preset = get_preset(args.preset)
-    overrides: dict[str, Any] = {}
-    for key in ("iterations", "seed", "engine", "eval_nets", "full_data_epochs", "dtype"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
-    config = _config_with(preset.config, overrides, "invalid option")
-    config = _config_with(config, _parse_overrides(args.set), "--set")
-    out = Path(args.out)
-    _check_out(out)
-    device = _init_torchrun(_device(args.device))
-    from fastdistill.distilled import remove_orphan_temps
-    from fastdistill.distributed import is_main_rank
-
-    main_rank = is_main_rank()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from fastdistill.estimate import estimate_run
 
     start = time.perf_counter()
     distiller = Distiller(config, device=device, data_root=args.data_root, download=args.download)
-    load_time = time.perf_counter() - start
-    ckpt = out / "checkpoint.safetensors"
-    if main_rank:
-        remove_orphan_temps(out, [ckpt.name, "distilled.safetensors"])
-    if args.resume:
-        loaded = distiller.resume(
-            ckpt,
-            allow_device_change=args.allow_device_change,
-            report=lambda msg: print(f"fastdistill: warning: {msg}", file=sys.stderr),
-        )
-        if loaded is None and args.resume == "always":
-            raise ValueError(
-                f"--resume: no checkpoint in {out} ({ckpt.name}); run without --resume to "
-                "start, or pass --resume auto to resume only when one exists"
-            )
-        if loaded is not None and main_rank:
-            print(f"resumed from {loaded} at iteration {distiller.iteration}")
-    if main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-    if main_rank:
-        print(
-            f"distilling preset {args.preset}: {distiller.total_iterations} iterations on {device}, "
-            f"model {config.model} ({distiller.model.num_params} parameters), "
-            f"{distiller.distilled.num_samples} distilled samples, T={config.total_steps}"
-        )
+    load = time.perf_counter() - start
+    est = estimate_run(distiller, iterations=args.estimate, warmup=2, load_s=load)
+    print(
+        f"estimate for {args.preset or args.config} on {device} "
+        f"({torch.get_num_threads()} threads, {_backend_name()} backend):"
+    )
+    for line in est.lines():
+        print(line)
+    if args.out is not None:
+        print(f"nothing was written; run again without --estimate to distill into {args.out}")
+    return 0
 
-    def report_line(d: Distiller, stats: dict[str, float]) -> None:
-        if args.log_every and d.iteration % args.log_every == 0:
+
+def _backend_name() -> str:
+    from fastdistill.ops import backend_info
+
+    return "kernels" if backend_info()["extension_loaded"] else "reference"
+
+
+def _resume(args: argparse.Namespace, distiller: Any, ckpt: Path, main_rank: bool) -> None:
+    loaded = distiller.resume(
+        ckpt,
+        allow_device_change=args.allow_device_change,
+        report=lambda msg: print(f"fastdistill: warning: {msg}", file=sys.stderr),
+    )
+    if loaded is None and args.resume == "always":
+        raise ValueError(
+            f"--resume: no checkpoint in {ckpt.parent} ({ckpt.name}); run without --resume to "
+            "start, or pass --resume auto to resume only when one exists"
+        )
+    if loaded is not None and main_rank:
+        print(f"resumed from {loaded} at iteration {distiller.iteration}")
+
+
+def _iteration_printer(every: int):
+    """The ``--log-every`` callback: one plain line every ``every`` iterations."""
+
+    def report_line(d: Any, stats: dict[str, float]) -> None:
+        if every and d.iteration % every == 0:
             last = d.history[-1] if d.history else {}
             val = (
                 f"  val {100 * last['val_accuracy']:.1f}%"
@@ -206,14 +254,95 @@ def _cmd_distill(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    distiller.fit(
-        progress=not args.quiet and main_rank,
-        checkpoint_path=ckpt,
-        checkpoint_every=args.checkpoint_every,
-        callback=report_line if main_rank else None,
-    )
+    return report_line
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from fastdistill.config import write_config
+    from fastdistill.distilled import remove_orphan_temps
+    from fastdistill.distiller import Distiller
+    from fastdistill.distributed import is_main_rank
+    from fastdistill.runlog import METRICS, MetricsLog, open_tensorboard
+
+    config, preset_name = _run_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.estimate:
+        if args.out is not None:
+            _check_out(Path(args.out))
+        return _estimate(args, config, _device(args.device))
+    if args.out is None:
+        raise ValueError("distill needs --out FOLDER (or --estimate N to only time the run)")
+    out = Path(args.out)
+    _check_out(out)
+    if args.tensorboard:
+        open_tensorboard(out / "tensorboard").close()  # fails early without the package
+    device = _init_torchrun(_device(args.device))
+    main_rank = is_main_rank()
+
+    start = time.perf_counter()
+    distiller = Distiller(config, device=device, data_root=args.data_root, download=args.download)
+    load_time = time.perf_counter() - start
+    ckpt = out / "checkpoint.safetensors"
+    if main_rank:
+        remove_orphan_temps(out, [ckpt.name, "distilled.safetensors"])
+    if args.resume:
+        _resume(args, distiller, ckpt, main_rank)
+    metrics = None
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(config, out / "config.toml", comment=_config_comment(preset_name))
+        metrics = MetricsLog(
+            out / METRICS,
+            every=args.metrics_every,
+            total=distiller.total_iterations,
+            resume_from=distiller.iteration if args.resume else None,
+            tensorboard_dir=out / "tensorboard" if args.tensorboard else None,
+        )
+        print(
+            f"distilling {preset_name or args.config}: {distiller.total_iterations} iterations "
+            f"on {device}, model {config.model} ({distiller.model.num_params} parameters), "
+            f"{distiller.distilled.num_samples} distilled samples, T={config.total_steps}"
+        )
+    printer = _iteration_printer(args.log_every)
+
+    def callback(d: Any, stats: dict[str, float]) -> None:
+        printer(d, stats)
+        metrics(d, stats)
+
+    try:
+        distiller.fit(
+            progress=not args.quiet and main_rank,
+            checkpoint_path=ckpt,
+            checkpoint_every=args.checkpoint_every,
+            callback=callback if main_rank else None,
+            progress_every=args.progress_every,
+        )
+    finally:
+        if metrics is not None:
+            metrics.close()
     if not main_rank:  # every rank holds the same set; rank 0 evaluates and writes
         return 0
+    _finish(args, distiller, out, preset_name, load_time)
+    return 0
+
+
+def _config_comment(preset_name: str | None) -> str:
+    return (
+        "The resolved configuration of a fastdistill run (preset < --config < options < "
+        "--set).\n`fastdistill distill --config THIS_FILE --out DIR` runs it again."
+    )
+
+
+def _finish(
+    args: argparse.Namespace, distiller: Any, out: Path, preset_name: str | None, load_time: float
+) -> None:
+    """Save the set, decode text, evaluate, train the full-data reference, write report.json."""
+    from fastdistill.evaluate import distillation_ratio, train_full_data
+    from fastdistill.models import build_model_for
+    from fastdistill.ops import backend_info
+
+    config, device = distiller.config, distiller.device
     distiller.distilled.save(out / "distilled.safetensors")
     decoded = None
     if distiller.data.describe().get("kind") == "text":
@@ -227,10 +356,11 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     acc = distiller.evaluate()
     eval_time = time.perf_counter() - t0
     print(f"test accuracy ({config.init} init): {acc}")
+    preset = PRESETS.get(preset_name) if preset_name else None
     report: dict[str, Any] = {
-        "preset": args.preset,
+        "preset": preset_name,
         "test_accuracy": acc.to_dict(),
-        "paper_accuracy": preset.paper_accuracy,
+        "paper_accuracy": preset.paper_accuracy if preset else None,
         "config": config.to_dict(),
         "iterations": distiller.iteration,
         "distill_wall_time_s": distiller.wall_time,
@@ -260,8 +390,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         report["distillation_ratio"] = distillation_ratio(acc.mean, full)
         print(f"full-data accuracy: {100 * full:.2f}%  ->  r = {report['distillation_ratio']:.1f}")
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out / 'distilled.safetensors'} and {out / 'report.json'}")
-    return 0
+    print(
+        f"wrote {out / 'distilled.safetensors'}, {out / 'report.json'}, config.toml, metrics.jsonl"
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -335,6 +466,22 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fastdistill.export import export_distilled
+
+    run = Path(args.run)
+    if not run.exists():
+        raise ValueError(
+            f"{run} does not exist; pass a `fastdistill distill` output folder or a "
+            ".safetensors file"
+        )
+    out = Path(args.out)
+    _check_out(out)
+    for path in export_distilled(run, args.format, out, data_root=args.data_root):
+        print(f"wrote {path}")
+    return 0
+
+
 def _parse_overrides(items: list[str] | None) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> configuration overrides (values parsed as JSON when they can)."""
     overrides: dict[str, Any] = {}
@@ -355,14 +502,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show the traceback of an error (anywhere on the line)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("presets", help="list the named configurations").set_defaults(fn=_cmd_presets)
+    pr = sub.add_parser("presets", help="list the named configurations, their size and time")
+    pr.add_argument("--json", action="store_true", help="print the table as JSON")
+    pr.set_defaults(fn=_cmd_presets)
     sub.add_parser(
         "info", help="which backend (kernels or reference) is in use, and why"
     ).set_defaults(fn=_cmd_info)
 
-    d = sub.add_parser("distill", help="distill a dataset with a preset")
-    d.add_argument("--preset", required=True)
-    d.add_argument("--out", required=True, help="output folder")
+    d = sub.add_parser("distill", help="distill a dataset with a preset or a config file")
+    d.add_argument("--preset", help="a named configuration (`fastdistill presets`)")
+    d.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML (or YAML, JSON) file of configuration fields, e.g. a run's config.toml; "
+        "merged as preset < file < options < --set",
+    )
+    d.add_argument("--out", help="output folder (required unless --estimate)")
+    d.add_argument(
+        "--estimate",
+        type=_positive,
+        nargs="?",
+        const=5,
+        metavar="N",
+        help="time N iterations (default 5) after a warm-up and print the projected wall "
+        "time and peak memory of the whole run; writes nothing",
+    )
     d.add_argument(
         "--iterations", type=_non_negative, help="outer iterations (default: the preset's)"
     )
@@ -389,6 +553,25 @@ def build_parser() -> argparse.ArgumentParser:
         "`--resume auto`: resume if a checkpoint exists, else start",
     )
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.add_argument(
+        "--progress-every",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="off a terminal (a log file, CI): one plain progress line every SECONDS (30)",
+    )
+    d.add_argument(
+        "--metrics-every",
+        type=_positive,
+        default=10,
+        metavar="N",
+        help="write a line to OUT/metrics.jsonl every N iterations (and at each validation)",
+    )
+    d.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log the metrics to OUT/tensorboard (needs the tensorboard package)",
+    )
     d.add_argument(
         "--log-every", type=_non_negative, default=0, help="print a line every N iterations"
     )
@@ -449,6 +632,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", help="a `fastdistill distill` output folder")
     s.add_argument("--out", help="output folder (default RUN_DIR/figures)")
     s.set_defaults(fn=_cmd_show)
+    p = sub.add_parser(
+        "export", help="write a distilled set as PNG folders (ImageFolder), .npz or decoded text"
+    )
+    p.add_argument("run", help="a `fastdistill distill` output folder or a .safetensors file")
+    p.add_argument("--format", required=True, choices=["imagefolder", "npz", "text"])
+    p.add_argument("--out", required=True, help="output folder (created if missing)")
+    p.add_argument("--data-root", help="text: folder laid out like ../shared/data")
+    p.set_defaults(fn=_cmd_export)
     b = sub.add_parser(
         "bench", help="seconds per outer iteration on the benchmark shapes A-F (JSON with --json)"
     )
@@ -558,6 +749,10 @@ def main(argv: list[str] | None = None) -> int:
             return args.fn(args)
     except SystemExit:
         raise
+    except BrokenPipeError:  # `fastdistill presets | head`: the reader left, nothing to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except BaseException as err:  # noqa: BLE001 (every failure ends in one line)
         if debug:
             traceback.print_exc()

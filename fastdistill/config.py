@@ -10,6 +10,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from fastdistill.distilled import LABEL_INITS
@@ -446,3 +447,160 @@ def get_preset(name: str) -> Preset:
         raise ValueError(
             f"unknown preset {name!r}; run `fastdistill presets` to list them"
         ) from None
+
+
+# -- configuration files (``fastdistill distill --config run.toml``) ---------------------------
+#: The file key naming the preset a file starts from (not a DistillConfig field).
+PRESET_KEY = "preset"
+#: The file key listing fields set to null (TOML has no null), e.g. ``unset = ["seq_len"]``.
+UNSET_KEY = "unset"
+
+
+def _parse_config_text(path: Path, text: str) -> Any:
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ValueError(
+                    f"{path}: TOML configs need Python 3.11+ or the tomli package; or use .json"
+                ) from None
+        return tomllib.loads(text)
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(
+                f"{path}: YAML configs need PyYAML (pip install pyyaml); or write TOML"
+            ) from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(str(err)) from None
+    if suffix == ".json":
+        return json.loads(text)
+    raise ValueError(f"{path}: unknown config format {suffix!r}; use .toml, .yaml or .json")
+
+
+def load_config_file(path: str | Path) -> tuple[dict[str, Any], str | None]:
+    """``(fields, preset)`` of a TOML (``.toml``), YAML (``.yaml``/``.yml``, when PyYAML is
+    installed) or JSON file of flat configuration fields. ``preset = "NAME"`` names a preset
+    the file's fields override; ``unset = [...]`` sets fields to null. The keys and the types
+    of the values are checked (one-line ``ValueError`` naming the file and the key)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    try:
+        raw = _parse_config_text(path, path.read_text(encoding="utf-8"))
+    except ValueError as err:  # tomllib's and json's decode errors are ValueErrors
+        if str(err).startswith(str(path)):
+            raise
+        kind = path.suffix[1:].upper()
+        raise ValueError(f"{path}: not valid {kind} ({_first_line(err)})") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(  # noqa: TRY004 (a user's file: one-line ValueError)
+            f"{path}: expected a table of KEY = VALUE fields, got {type(raw).__name__}"
+        )
+    fields = dict(raw)
+    preset = fields.pop(PRESET_KEY, None)
+    if preset is not None and not isinstance(preset, str):
+        raise ValueError(f"{path}: {PRESET_KEY} = {json_value(preset)}: expected a preset name")
+    unset = fields.pop(UNSET_KEY, [])
+    if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):
+        raise ValueError(f"{path}: {UNSET_KEY} must be a list of field names, got {unset!r}")
+    for key in unset:
+        if key in fields:
+            raise ValueError(f"{path}: {key!r} is both set and listed in {UNSET_KEY}")
+        fields[key] = None
+    try:
+        check_keys(fields)
+        DistillConfig(**fields)  # types and values of the file alone
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return fields, preset
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def resolve_config(
+    preset: str | None,
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    where: str = "--set",
+) -> tuple[DistillConfig, str | None]:
+    """The run's configuration: the preset's < the config file's fields < ``overrides``.
+
+    ``preset`` (e.g. ``--preset``) wins over the file's ``preset`` key; with neither, the
+    DistillConfig defaults are the base. Returns ``(config, preset name or None)``."""
+    fields: dict[str, Any] = {}
+    file_preset = None
+    if config_file is not None:
+        fields, file_preset = load_config_file(config_file)
+    name = preset or file_preset
+    base = get_preset(name).config if name else DistillConfig()
+    try:
+        config = base.replace(**fields)
+    except ValueError as err:
+        raise ValueError(f"{config_file}: {err}") from None
+    if overrides:
+        try:
+            config = config.replace(**overrides)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+    return config, name
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"cannot write the non-finite number {value} to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + items + "}"
+    if value is None:
+        raise ValueError("TOML has no null (list the field in `unset` instead)")
+    raise ValueError(f"cannot write {type(value).__name__} to TOML")
+
+
+def config_to_toml(config: DistillConfig, *, comment: str | None = None) -> str:
+    """Every field of ``config`` as TOML (nulls listed in ``unset``): the file
+    ``fastdistill distill --config`` reads back to the same configuration."""
+    lines = [f"# {line}" for line in (comment or "").splitlines()]
+    d = config.to_dict()
+    unset = [k for k, v in d.items() if v is None]
+    for key, value in d.items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    lines.append(f"{UNSET_KEY} = {_toml_value(unset)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_config(config: DistillConfig, path: str | Path, *, comment: str | None = None) -> Path:
+    """Write :func:`config_to_toml` to ``path`` (atomically: temp file + rename)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(config_to_toml(config, comment=comment))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -50,6 +50,7 @@ from fastdistill.engine.hypergrad import hypergradient
 from fastdistill.engine.init import sample_weights
 from fastdistill.evaluate import Accuracy, evaluate_distilled
 from fastdistill.models import build_model_for
+from fastdistill.runlog import make_progress
 
 CHECKPOINT_FORMAT = "fastdistill.checkpoint/1"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -360,6 +361,7 @@ class Distiller:
         checkpoint_path: str | Path | None = None,
         checkpoint_every: int = 500,
         handle_signals: bool = True,
+        progress_every: float = 30.0,
     ) -> DistilledSet:
         """Run until ``iterations`` (default: the configuration's total) have been done.
 
@@ -370,7 +372,8 @@ class Distiller:
         stop the run at the end of the iteration in progress: the checkpoint is written there
         and :class:`Interrupted` is raised; a second signal aborts at once, writing nothing.
         An exception inside an iteration writes nothing: the file on disk stays the last
-        boundary state.
+        boundary state. ``progress``: a tqdm bar when stderr is a terminal, otherwise a plain
+        line every ``progress_every`` seconds (no carriage returns; fastdistill.runlog).
         """
         if checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
@@ -381,10 +384,8 @@ class Distiller:
             if self.iteration < target:
                 self.check_output(ckpt)
         bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=target, initial=self.iteration, desc="distill", unit="it")
+        if progress:  # tqdm on a terminal, else a plain line every progress_every seconds
+            bar = make_progress(target, self.iteration, desc="distill", every=progress_every)
         stopper = _StopOnSignal(self) if handle_signals else None
         try:
             if stopper is not None:

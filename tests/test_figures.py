@@ -54,13 +54,13 @@ def test_show_renders_a_real_run_end_to_end(image_run, tmp_path, capsys):
     printed = capsys.readouterr().out.split()
     paths = sorted(out.iterdir())
     assert sorted(Path(p) for p in printed) == paths
-    assert_figures(paths, ["images_step0", "images_step1", "labels", "training"])
+    assert_figures(paths, ["images_step0", "images_step1", "labels", "metrics", "training"])
 
 
 def test_show_run_defaults_to_run_figures_folder(image_run):
     paths = show_run(image_run)
     assert all(p.parent == image_run / "figures" for p in paths)
-    assert len(paths) == 8
+    assert len(paths) == 10  # 5 figures (PNG + PDF), metrics.jsonl curves among them
 
 
 def text_set(binary: bool, steps: int = 1) -> DistilledSet:

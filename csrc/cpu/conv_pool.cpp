@@ -36,9 +36,7 @@
 #include "fastdistill/conv_pool_checks.h"
 #include "fastdistill/conv_pool_host.h"
 #include "fastdistill/cpu_target.h"
-
-// 64-byte vector extension types are passed between always-inline helpers only.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "fastdistill/cpu_vec.h"
 
 namespace fastdistill {
 namespace {
@@ -88,24 +86,8 @@ void fill_planes(T* dst, const T* src, const ConvPoolDims& d, const Flat& f) {
 }
 
 // ---------------------------------------------------------------- vectorized inner kernels
-// GCC/Clang vector extensions (64 bytes: one AVX-512 register, two AVX2 ones), unaligned
-// loads/stores through memcpy. NV vectors per block of JB = NV * lanes flattened positions.
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(64)));
-  static constexpr int kLanes = 64 / sizeof(T);
-};
-
-template <typename V, typename T>
-FD_ALWAYS_INLINE V vload(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V, typename T>
-FD_ALWAYS_INLINE void vstore(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
+// Vec<T>, IVec<T>, vload, vstore: fastdistill/cpu_vec.h. NV vectors per block of JB = NV * lanes
+// flattened positions.
 
 // Blocks of NV vectors of positions: NV = 2 for large planes (two independent accumulator
 // chains per channel), NV = 1 for small ones (less padding waste), see pick_kernels().
@@ -431,18 +413,6 @@ Kernels<T> pick_kernels(const ConvPoolDims& d) {
   k.JB = k.nv * lanes;
   return k;
 }
-
-// Integer lanes matching Vec<T> (comparison results).
-template <typename T>
-struct IVec;
-template <>
-struct IVec<float> {
-  typedef int32_t type __attribute__((vector_size(64)));
-};
-template <>
-struct IVec<double> {
-  typedef int64_t type __attribute__((vector_size(64)));
-};
 
 // One 2x2 window by ATen's max_pool2d rule (scan order; a later value wins if greater or NaN).
 template <typename T>

@@ -58,8 +58,11 @@ _ALIASES = {
 
 
 def is_text_dataset(name: str) -> bool:
-    """Whether ``name`` (or an alias) is one of :data:`TEXT_DATASETS`."""
+    """Whether ``name`` (or an alias) is one of :data:`TEXT_DATASETS`, or a text table of
+    your own (``csv:PATH``, ``tsv:PATH``, ``jsonl:PATH``; fastdistill/data/own.py)."""
     key = name.strip().lower()
+    if key.startswith(("csv:", "tsv:", "jsonl:")):
+        return True
     return _ALIASES.get(key, key) in TEXT_DATASETS
 
 

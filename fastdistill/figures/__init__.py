@@ -10,6 +10,7 @@ from fastdistill.figures.curves import plot_accuracy_vs_samples, plot_training_c
 from fastdistill.figures.images import denormalize, plot_distilled_images
 from fastdistill.figures.knn import draw_prototypes, iris_prototype_figures, plot_prototypes
 from fastdistill.figures.labels import label_matrix, plot_label_table
+from fastdistill.figures.metrics import plot_metrics
 from fastdistill.figures.run import load_run, show_run
 from fastdistill.figures.text import load_decoded, plot_decoded_text
 
@@ -25,6 +26,7 @@ __all__ = [
     "plot_decoded_text",
     "plot_distilled_images",
     "plot_label_table",
+    "plot_metrics",
     "plot_prototypes",
     "plot_training_curves",
     "save_figure",

@@ -12,7 +12,9 @@ from fastdistill.figures._common import class_names_of
 from fastdistill.figures.curves import plot_training_curves
 from fastdistill.figures.images import plot_distilled_images
 from fastdistill.figures.labels import plot_label_table
+from fastdistill.figures.metrics import plot_metrics
 from fastdistill.figures.text import load_decoded, plot_decoded_text
+from fastdistill.runlog import METRICS
 
 DISTILLED = "distilled.safetensors"
 REPORT = "report.json"
@@ -69,10 +71,14 @@ def _title(distilled: DistilledSet, report: dict[str, Any] | None) -> str:
 def show_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Render the run's figures (PNG + PDF) into ``out_dir`` (default ``RUN_DIR/figures``):
     distilled samples per step, the label table, decoded sentences (text runs) and training
-    curves (when ``report.json`` has a history). Returns the written paths."""
+    curves (when ``report.json`` has a history) and the ``metrics.jsonl`` curves; a run still in
+    progress (metrics but no set yet) gets its curves only. Returns the written paths."""
     run = Path(run_dir)
-    distilled, report = load_run(run)
     out = Path(out_dir) if out_dir is not None else run / "figures"
+    has_metrics = (run / METRICS).is_file()
+    if has_metrics and not (run / DISTILLED).is_file():  # a run in progress: its curves only
+        return plot_metrics(run / METRICS, out / "metrics", title=run.name)
+    distilled, report = load_run(run)
     title = _title(distilled, report)
     names = class_names_of(distilled)
     paths = plot_distilled_images(distilled, out, title=title)
@@ -91,6 +97,8 @@ def show_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
             warnings.warn(
                 f"{run} has no decoded.json/decoded.txt: decoded text skipped", stacklevel=2
             )
+    if has_metrics:
+        paths += plot_metrics(run / METRICS, out / "metrics", title=title or None)
     if report is None:
         warnings.warn(f"{run} has no {REPORT}: training curves skipped", stacklevel=2)
     elif report.get("history"):

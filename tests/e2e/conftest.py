@@ -23,7 +23,7 @@ TINY = [
     "--checkpoint-every", "1", "--device", "cpu", "--threads", "1", "--quiet",
 ]  # fmt: skip
 TIMING_KEYS = {"distill_wall_time_s", "seconds_per_iteration", "data_load_time_s",
-               "evaluation_time_s", "wall_time"}  # fmt: skip
+               "evaluation_time_s", "wall_time", "time_s", "step_time_s"}  # fmt: skip
 
 
 def distill_args(out: Path, *extra: str) -> list[str]:
@@ -59,10 +59,15 @@ def _strip_timings(x: Any) -> Any:
     return x
 
 
-def outputs(out: Path) -> tuple[bytes, Any]:
-    """The distilled set's bytes and the report without its timings."""
+def outputs(out: Path) -> tuple[bytes, Any, Any]:
+    """The distilled set's bytes, the report and the metrics.jsonl rows without timings."""
     report = json.loads((out / "report.json").read_text())
-    return (out / "distilled.safetensors").read_bytes(), _strip_timings(report)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return (
+        (out / "distilled.safetensors").read_bytes(),
+        _strip_timings(report),
+        _strip_timings(rows),
+    )
 
 
 def one_error_line(err: str) -> str:

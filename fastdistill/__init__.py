@@ -12,7 +12,8 @@ from fastdistill.dataset import DistilledDataset, train_on
 from fastdistill.distilled import DistilledSet
 from fastdistill.distiller import Distiller, NonFiniteLossError
 from fastdistill.engine import FlatModel, Hypergradient, hypergradient, sample_weights
-from fastdistill.evaluate import Accuracy, evaluate_distilled, train_full_data
+from fastdistill.evaluate import Accuracy, evaluate_distilled
+from fastdistill.full_data import FullDataOptions, FullDataResult, train_full_data
 from fastdistill.ops import backend_info
 
 __version__ = "0.1.0"
@@ -25,6 +26,8 @@ __all__ = [
     "DistilledSet",
     "Distiller",
     "FlatModel",
+    "FullDataOptions",
+    "FullDataResult",
     "Hypergradient",
     "NonFiniteLossError",
     "backend_info",

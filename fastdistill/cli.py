@@ -165,20 +165,50 @@ def _check_out(out: Path) -> None:
 
 def _init_torchrun(device: torch.device) -> torch.device:
     """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPUs)
-    and give each rank its own GPU. Returns the device this rank uses."""
+    and give each rank its own GPU. Returns the device this rank uses.
+
+    After a restart (``--max-restarts``) the workers meet under a key prefix of their own
+    attempt: torchrun's store keeps the previous attempt's addresses, and gloo reading a dead
+    rank's address hangs or fails to connect. ``FASTDISTILL_DIST_TIMEOUT`` (seconds, default
+    1800) bounds the wait for the other ranks."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = timedelta(seconds=float(os.environ.get("FASTDISTILL_DIST_TIMEOUT", "1800")))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    if attempt is None or not agent_store:
+        dist.init_process_group(backend, timeout=timeout)
+        return device
+    rank = int(os.environ["RANK"])
+    base = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+        timeout=timeout,
+    )  # fmt: skip
+    store = dist.PrefixStore(f"fastdistill/attempt-{attempt}", base)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
     return device
 
 
 #: ``distill`` options that are shortcuts for configuration fields.
-_OPTION_FIELDS = ("iterations", "seed", "engine", "eval_nets", "full_data_epochs", "dtype")
+_OPTION_FIELDS = (
+    "iterations",
+    "seed",
+    "engine",
+    "eval_nets",
+    "full_data_epochs",
+    "full_data_lr",
+    "controls",
+    "dtype",
+)
 
 
 def _run_config(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -321,10 +351,24 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     finally:
         if metrics is not None:
             metrics.close()
-    if not main_rank:  # every rank holds the same set; rank 0 evaluates and writes
-        return 0
-    _finish(args, distiller, out, preset_name, load_time)
+    evaluations = _evaluate(distiller)  # every rank: they share the nets
+    if main_rank:
+        _finish(args, distiller, out, preset_name, load_time, evaluations)
     return 0
+
+
+def _evaluate(distiller: Any) -> dict[str, Any]:
+    """Test accuracy of the set and of its controls, timed; collective under torchrun."""
+    from fastdistill.controls import control_accuracies
+
+    t0 = time.perf_counter()
+    acc = distiller.evaluate()
+    out: dict[str, Any] = {"accuracy": acc, "time": time.perf_counter() - t0, "controls": None}
+    if distiller.config.controls:
+        t0 = time.perf_counter()
+        out["controls"] = control_accuracies(distiller)
+        out["controls_time"] = time.perf_counter() - t0
+    return out
 
 
 def _config_comment(preset_name: str | None) -> str:
@@ -335,10 +379,17 @@ def _config_comment(preset_name: str | None) -> str:
 
 
 def _finish(
-    args: argparse.Namespace, distiller: Any, out: Path, preset_name: str | None, load_time: float
+    args: argparse.Namespace,
+    distiller: Any,
+    out: Path,
+    preset_name: str | None,
+    load_time: float,
+    evaluations: dict[str, Any],
 ) -> None:
-    """Save the set, decode text, evaluate, train the full-data reference, write report.json."""
-    from fastdistill.evaluate import distillation_ratio, train_full_data
+    """Save the set, decode text, report the evaluations, train the full-data reference,
+    write report.json."""
+    from fastdistill.evaluate import distillation_ratio
+    from fastdistill.full_data import options_from_config, train_full_data
     from fastdistill.models import build_model_for
     from fastdistill.ops import backend_info
 
@@ -352,10 +403,14 @@ def _finish(
         decoded = write_decoded(decode_distilled(distiller.distilled, distiller.data), out)[0]
         print(f"decoded nearest sentences in {time.perf_counter() - t0:.2f}s -> {decoded}")
 
-    t0 = time.perf_counter()
-    acc = distiller.evaluate()
-    eval_time = time.perf_counter() - t0
+    acc, eval_time = evaluations["accuracy"], evaluations["time"]
     print(f"test accuracy ({config.init} init): {acc}")
+    controls = evaluations["controls"]
+    if controls is not None:
+        hard, real = controls["hard_labels"], controls["random_real"]
+        if hard is not None:
+            print(f"  control, same set with hard labels: {hard}")
+        print(f"  control, random real examples of the same size (lr {real.lr}): {real}")
     preset = PRESETS.get(preset_name) if preset_name else None
     report: dict[str, Any] = {
         "preset": preset_name,
@@ -375,6 +430,9 @@ def _finish(
         "best": distiller.best,
         "dataset": distiller.data.describe(),
     }
+    if controls is not None:
+        report["controls"] = {k: v.to_dict() for k, v in controls.items() if v is not None}
+        report["controls_time_s"] = evaluations["controls_time"]
     if decoded is not None:
         report["decoded_sentences"] = str(decoded)
     if config.full_data_epochs > 0:
@@ -382,13 +440,21 @@ def _finish(
         full = train_full_data(
             module.to(device, distiller.dtype),
             distiller.data,
-            epochs=config.full_data_epochs,
+            options_from_config(config),
             seed=config.seed,
             scheme=config.init_scheme,
         )
-        report["full_data_accuracy"] = full
-        report["distillation_ratio"] = distillation_ratio(acc.mean, full)
-        print(f"full-data accuracy: {100 * full:.2f}%  ->  r = {report['distillation_ratio']:.1f}")
+        ratio = distillation_ratio(acc.mean, full.test_accuracy)
+        report.update(
+            full_data_accuracy=full.test_accuracy,
+            distillation_ratio=ratio,
+            full_data=full.to_dict(),
+        )
+        kept = f"epoch {full.best_epoch} of {full.epochs_run}"
+        print(f"full-data accuracy: {100 * full.test_accuracy:.2f}% ({kept})  ->  r = {ratio:.1f}")
+        report["warnings"] = full.warnings(acc.mean)
+        for line in report["warnings"]:
+            print(line, file=sys.stderr)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(
         f"wrote {out / 'distilled.safetensors'}, {out / 'report.json'}, config.toml, metrics.jsonl"
@@ -536,7 +602,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--full-data-epochs",
         type=_non_negative,
-        help="also train on all real data for this many epochs, for the ratio r_M",
+        help="also train on all real data for up to this many epochs, for the ratio r_M "
+        "(validation split, early stopping; --set full_data_batch_size=, full_data_patience=...)",
+    )
+    d.add_argument("--full-data-lr", type=float, help="AdamW step of the full-data reference")
+    d.add_argument(
+        "--no-controls",
+        dest="controls",
+        action="store_const",
+        const=False,
+        help="skip the controls (same set with hard labels; random real set of its size)",
     )
     d.add_argument("--dtype", choices=["float32", "float64"])
     d.add_argument("--data-root", help="folder laid out like ../shared/data (default: found)")
@@ -698,6 +773,29 @@ def _is_out_of_memory(err: BaseException) -> bool:
     )
 
 
+_PEER_LOST = ("connection reset by peer", "connection closed by peer", "broken pipe",
+              "connection refused", "timed out", "nccl")  # fmt: skip
+
+
+def _lost_rank_line(err: BaseException) -> str | None:
+    """Under torchrun, a collective that failed because another rank died or hung."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not isinstance(err, RuntimeError):
+        return None
+    text = " ".join(str(err).split())
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if not (isinstance(err, dist_error) or "gloo" in text.lower() or "nccl" in text.lower()):
+        return None
+    cause = next((p for p in _PEER_LOST if p in text.lower()), None)
+    detail = cause or (text[:120] + ("..." if len(text) > 120 else ""))
+    rank = os.environ.get("RANK", "?")
+    return (
+        f"error: rank {rank} of {world} lost another rank ({detail}); the run stopped at its "
+        "last checkpoint, and with torchrun --max-restarts=N and --resume auto it resumes there "
+        "(the failing rank's log says why it stopped)"
+    )
+
+
 def _error_line(err: BaseException) -> tuple[str, int]:
     """The one line (without the ``fastdistill:`` prefix) and exit code for an exception."""
     from fastdistill.distiller import Interrupted
@@ -706,6 +804,9 @@ def _error_line(err: BaseException) -> tuple[str, int]:
         return str(err), err.exit_code
     if isinstance(err, KeyboardInterrupt):
         return "interrupted", 130
+    lost = _lost_rank_line(err)
+    if lost is not None:
+        return lost, 1
     if _is_out_of_memory(err):
         detail = _one_line(err)
         if len(detail) > 160:

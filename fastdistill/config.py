@@ -58,11 +58,20 @@ class DistillConfig:
     checkpoint_slots: int | None = None  # adjoint: binomial schedule slots (None: default)
     outer_chunk: int | None = None  # adjoint: real-batch outer pass in chunks (memory)
     checkpoint_memory_mb: float | None = None  # adjoint: stored weights budget (None: 256 MiB)
+    # ranks (torchrun): "ordered" gives the same set on any number of ranks (distributed.py)
+    reduce: Literal["ordered", "allreduce"] = "ordered"
+    rank_units: int | None = None  # units an iteration is cut into (None: nets, or 8 pieces)
     # evaluation
     eval_nets: int = 200
     validation: float = 0.0  # fraction of the training set held out to keep the best set
     validate_every: int = 100  # iterations between validation checks (when validation > 0)
-    full_data_epochs: int = 0
+    controls: bool = True  # also test the set with hard labels, and random real of its size
+    full_data_epochs: int = 0  # > 0: also train the full-data reference of r (max epochs)
+    full_data_lr: float = 1e-3  # its AdamW step (cosine-decayed to 0 over the epochs)
+    full_data_batch_size: int = 128
+    full_data_weight_decay: float = 0.0
+    full_data_validation: float = 0.1  # held-out fraction that picks the epoch kept
+    full_data_patience: int | None = 3  # epochs without a validation gain before stopping
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"
 
@@ -131,6 +140,7 @@ class DistillConfig:
             "classes_per_step",
             "checkpoint_every",
             "checkpoint_slots",
+            "rank_units",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -140,6 +150,18 @@ class DistillConfig:
     def _check_optimiser_ranges(self) -> None:
         if self.full_data_epochs < 0:
             raise ValueError(f"full_data_epochs must be >= 0, got {self.full_data_epochs}")
+        if not self.full_data_lr > 0 or self.full_data_batch_size < 1:
+            raise ValueError(
+                f"full_data_lr must be > 0 and full_data_batch_size >= 1, got "
+                f"{self.full_data_lr} and {self.full_data_batch_size}"
+            )
+        if not 0.0 <= self.full_data_validation < 1.0 or self.full_data_weight_decay < 0:
+            raise ValueError(
+                f"full_data_validation must be in [0, 1) and full_data_weight_decay >= 0, got "
+                f"{self.full_data_validation} and {self.full_data_weight_decay}"
+            )
+        if self.full_data_patience is not None and self.full_data_patience < 1:
+            raise ValueError(f"full_data_patience must be >= 1, got {self.full_data_patience}")
         if not 0 <= self.seed < 2**62:
             raise ValueError(f"seed must be in [0, 2**62), got {self.seed}")
         if self.init_gain <= 0:

@@ -44,9 +44,19 @@ from fastdistill.distilled import (
     load_safetensors,
     remove_orphan_temps,
 )
-from fastdistill.distributed import Shard, all_reduce_sum, is_main_rank, rank_and_world
+from fastdistill.distributed import (
+    Shard,
+    WorkPlan,
+    all_reduce_sum,
+    gather_units,
+    is_main_rank,
+    ordered_outer,
+    ordered_sum,
+    rank_and_world,
+)
 from fastdistill.engine.functional import FlatModel
-from fastdistill.engine.hypergrad import hypergradient
+from fastdistill.engine.fused import outer_value_and_grad
+from fastdistill.engine.hypergrad import Hypergradient, hypergradient
 from fastdistill.engine.init import sample_weights
 from fastdistill.evaluate import Accuracy, evaluate_distilled
 from fastdistill.models import build_model_for
@@ -249,6 +259,11 @@ class Distiller:
                 generator=self.init_generator,
                 dtype=self.dtype,
             )[0]
+        if c.reduce == "ordered":  # a bad rank_units or world size fails here, not mid-run
+            plan = WorkPlan.of(c.nets_per_iteration, c.real_batch_size, c.rank_units)
+            world = rank_and_world()[1]
+            if world > 1:
+                plan.check_world(world)
         self.params = [t.requires_grad_() for t in self.distilled.learnable()]
         self.optimizer = torch.optim.Adam(self.params, lr=c.lr, betas=c.betas)
         self.scheduler = torch.optim.lr_scheduler.StepLR(
@@ -300,38 +315,88 @@ class Distiller:
             dtype=self.dtype,
         )
 
+    def _grads(self, hg: Hypergradient) -> list[Tensor]:
+        d = self.distilled
+        return [hg.grad_data, hg.grad_raw_lrs] + ([hg.grad_labels] if d.learn_labels else [])
+
+    def _call_hypergradient(self, w0: Tensor, x: Tensor, y: Tensor, seed: int, **kw: Any):
+        c, d = self.config, self.distilled
+        options = {**c.hypergradient_options(), **kw}
+        return hypergradient(
+            self.model, w0, d.data, d.labels, d.raw_lrs, x, y,
+            label_kind=d.label_kind, learn_labels=d.learn_labels, rng_seed=seed, **options,
+        )  # fmt: skip
+
+    def _hypergradient_allreduce(
+        self, w0: Tensor, x: Tensor, y: Tensor, seed: int
+    ) -> tuple[list[Tensor], float]:
+        """Each rank its shard of the nets (or of the real batch), one weighted all-reduce."""
+        rank, world = rank_and_world()
+        shard = Shard.of(w0.shape[0], x.shape[0], rank, world)
+        hg = self._call_hypergradient(w0[shard.nets], x[shard.batch], y[shard.batch], seed)
+        grads = self._grads(hg)
+        if world == 1:
+            return grads, float(hg.outer_loss.mean())
+        *grads, loss_t = all_reduce_sum(
+            [g * shard.share for g in grads] + [hg.outer_loss.mean().reshape(1) * shard.share]
+        )
+        return grads, float(loss_t)
+
+    def _hypergradient_ordered(
+        self, w0: Tensor, x: Tensor, y: Tensor, seed: int
+    ) -> tuple[list[Tensor], float]:
+        """Units of the iteration (groups of nets, or pieces of the real batch) computed by
+        their ranks and summed in unit order: the same bits on any number of ranks."""
+        rank, world = rank_and_world()
+        plan = WorkPlan.of(w0.shape[0], x.shape[0], self.config.rank_units)
+        if plan.kind == "batch":
+            if self.config.engine == "unroll" and world == 1:
+                hg = self._call_hypergradient(w0, x, y, seed)
+                return self._grads(hg), float(hg.outer_loss.mean())
+            if self.config.engine == "unroll":
+                raise ValueError(
+                    "engine=unroll cannot share the real batch over ranks in order; use "
+                    "engine=adjoint or --set reduce=allreduce"
+                )
+            binary = self.binary
+
+            def value_and_grad(w: Tensor, xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
+                return outer_value_and_grad(self.model, w, xs, ys, binary)
+
+            outer = ordered_outer(plan, value_and_grad, x, y)
+            hg = self._call_hypergradient(w0, x, y, seed, outer_pass=outer)
+            return self._grads(hg), float(hg.outer_loss.mean())
+        per = w0.shape[0] // plan.units
+        mine = plan.owned(rank, world)
+        rows, shapes = [], None
+        for u in mine:  # each unit: its own nets and dropout stream, keyed by the unit index
+            unit_seed = (seed + u * 0x9E3779B97F4A7C15) % 2**62
+            hg = self._call_hypergradient(w0[u * per : (u + 1) * per], x, y, unit_seed)
+            grads = self._grads(hg)
+            shapes = [g.shape for g in grads]
+            loss = hg.outer_loss.mean().reshape(1)
+            rows.append(torch.cat([g.reshape(-1) for g in grads] + [loss.to(grads[0].dtype)]))
+        local = torch.stack(rows)
+        total = ordered_sum(gather_units(local, mine, plan.units), [1.0 / plan.units] * plan.units)
+        grads, i = [], 0
+        for shape in shapes:
+            n = math.prod(shape)
+            grads.append(total[i : i + n].view(shape))
+            i += n
+        return grads, float(total[i])
+
     def step(self) -> dict[str, float]:
         """One outer iteration; returns its statistics."""
-        c, d = self.config, self.distilled
+        c = self.config
         idx, epoch_ended = self.sampler.next_indices()
         idx = idx.to(self.device)
         w0 = self.sample_init()
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        # torchrun: every rank drew the same nets and batch; it keeps its shard (distributed.py)
-        rank, world = rank_and_world()
-        shard = Shard.of(w0.shape[0], idx.numel(), rank, world)
-        w0, idx = w0[shard.nets], idx[shard.batch]
-        hg = hypergradient(
-            self.model,
-            w0,
-            d.data,
-            d.labels,
-            d.raw_lrs,
-            self.inputs(self.data.train_x[idx]),
-            self.data.train_y[idx],
-            label_kind=d.label_kind,
-            learn_labels=d.learn_labels,
-            rng_seed=seed,
-            **c.hypergradient_options(),
-        )
-        grads = [hg.grad_data, hg.grad_raw_lrs] + ([hg.grad_labels] if d.learn_labels else [])
-        if world > 1:
-            *grads, loss_t = all_reduce_sum(
-                [g * shard.share for g in grads] + [hg.outer_loss.mean().reshape(1) * shard.share]
-            )
-            loss = float(loss_t)
+        real_x, real_y = self.inputs(self.data.train_x[idx]), self.data.train_y[idx]
+        if c.reduce == "allreduce":
+            grads, loss = self._hypergradient_allreduce(w0, real_x, real_y, seed)
         else:
-            loss = float(hg.outer_loss.mean())
+            grads, loss = self._hypergradient_ordered(w0, real_x, real_y, seed)
         if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
             raise NonFiniteLossError(
                 f"non-finite outer loss ({loss}) or hypergradient at iteration {self.iteration}; "
@@ -505,10 +570,18 @@ class Distiller:
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(
-        self, n_nets: int | None = None, seed: int | None = None, split: str = "test"
+        self,
+        n_nets: int | None = None,
+        seed: int | None = None,
+        split: str = "test",
+        chunk: int = 50,
+        distilled: DistilledSet | None = None,
     ) -> Accuracy:
-        """Accuracy of the distilled set under this run's init distribution (docs/algorithm.md §4), on the
-        full test set or (``split="validation"``) on the held-out part of the training set."""
+        """Accuracy of the distilled set under this run's init distribution (docs/algorithm.md
+        §4), on the full test set or (``split="validation"``) on the held-out part of the
+        training set. ``distilled``: another set of the same shape (a control) in place of
+        the run's. Under torchrun every rank calls it: the nets' chunks are split over the
+        ranks (the result does not depend on their number)."""
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
         if split == "validation" and self.val_x is None:
@@ -517,7 +590,7 @@ class Distiller:
         c = self.config
         gen = torch.Generator(device=self.device).manual_seed(c.seed + 2 if seed is None else seed)
         with torch.no_grad():
-            d = self.distilled.to(self.device)
+            d = (self.distilled if distilled is None else distilled).to(self.device)
         return evaluate_distilled(
             d,
             self.model,
@@ -529,6 +602,7 @@ class Distiller:
             scheme=c.init_scheme,
             gain=c.init_gain,
             generator=gen,
+            chunk=chunk,
         )
 
     # -- exact resume ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class RunEstimate:
     validations: int
     seconds_per_validation: float
     evaluation_s: float  # the final test evaluation (eval_nets nets, or the fixed one)
+    controls_s: float  # hard-label and random-real controls: two more evaluations
     load_s: float
     peak_memory_bytes: int
     memory_kind: str
@@ -47,6 +48,7 @@ class RunEstimate:
             + self.iterations * self.seconds_per_iteration
             + self.validations * self.seconds_per_validation
             + self.evaluation_s
+            + self.controls_s
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +69,7 @@ class RunEstimate:
         out.append(
             f"  data loading {format_duration(self.load_s)}, final evaluation "
             f"{format_duration(self.evaluation_s)}"
+            + (f", controls {format_duration(self.controls_s)}" if self.controls_s else "")
         )
         out.append(
             f"  total about {format_duration(self.total_s)}; peak memory "
@@ -153,6 +156,7 @@ def estimate_run(
         validations=validations,
         seconds_per_validation=per_val,
         evaluation_s=evaluation,
+        controls_s=2 * evaluation if c.controls else 0.0,
         load_s=load_s,
         peak_memory_bytes=int(peak),
         memory_kind=kind,

@@ -11,13 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from fastdistill.data.protocol import DistillData
 from fastdistill.distilled import DistilledSet
+from fastdistill.distributed import all_reduce_sum, rank_and_world
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.init import InitScheme, sample_weights
-from fastdistill.engine.losses import inner_loss, outer_loss, predictions
+from fastdistill.engine.losses import inner_loss, predictions
 from fastdistill.models.text import first_order
 
 
@@ -109,13 +109,15 @@ def evaluate_distilled(
     chunk: int = 50,
     batch_size: int = 2048,
     transform: Callable[[Tensor], Tensor] | None = None,
+    distribute: bool = True,
 ) -> Accuracy:
     """Accuracy of nets trained on ``distilled``.
 
     ``init="fixed"`` trains the single fixed-init net (``init_weights``, default the set's own);
     ``init="random"`` trains ``n_nets`` fresh nets drawn from ``scheme``. Another architecture
     than the one distilled with (cross-architecture evaluation) needs ``init="random"`` or its
-    own ``init_weights``.
+    own ``init_weights``. Under torchrun every rank calls it and the random-init chunks are
+    shared out; ``distribute=False`` trains them all here (a caller sharing out whole calls).
     """
     device = distilled.data.device
     binary = distilled.label_kind == "binary"
@@ -137,61 +139,42 @@ def evaluate_distilled(
         )
     if init != "random":
         raise ValueError(f"init must be 'fixed' or 'random', got {init!r}")
-    accs = []
-    for start in range(0, n_nets, chunk):
+    # Under torchrun chunk c is trained by rank c mod world; every rank draws every chunk's
+    # weights (the generator advances alike) and the accuracies meet in one exact all-reduce.
+    rank, world = rank_and_world() if distribute else (0, 1)
+    accs = torch.zeros(n_nets, dtype=torch.float64, device=device)
+    for c, start in enumerate(range(0, n_nets, chunk)):
         b = min(chunk, n_nets - start)
         w0 = sample_weights(
             model, b, scheme=scheme, gain=gain, generator=generator, dtype=distilled.data.dtype
         ).to(device)
+        if c % world != rank:
+            continue
         w = train_on_distilled(model, w0, distilled)
-        accs.append(
-            accuracy(
-                model, w, test_x, test_y, binary=binary, batch_size=batch_size, transform=transform
-            )
-        )
-    return Accuracy(torch.cat(accs))
+        accs[start : start + b] = accuracy(
+            model, w, test_x, test_y, binary=binary, batch_size=batch_size, transform=transform
+        ).double()
+    if world > 1:
+        (accs,) = all_reduce_sum([accs])  # one non-zero addend per net: exact
+    return Accuracy(accs)
 
 
-def train_full_data(
-    module: nn.Module,
-    data: DistillData,
+def skip_random_nets(
+    model: FlatModel,
+    n_nets: int,
     *,
-    epochs: int = 10,
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    seed: int = 0,
     scheme: InitScheme = "xavier",
-) -> float:
-    """Test accuracy of ``module`` trained on all of ``data``'s training set with Adam: the
-    full-data accuracy in the distillation ratio ``r_M``. Init follows ``scheme``."""
-    device = data.train_x.device
-    dtype = next(module.parameters()).dtype
-    model = FlatModel(module)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    w = sample_weights(model, 1, scheme=scheme, generator=gen, dtype=dtype)
-    w = w.to(device).requires_grad_()
-    opt = torch.optim.Adam([w], lr=lr)
-    n = data.train_x.shape[0]
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen, device=device)
-        for i in range(0, n, batch_size):
-            idx = perm[i : i + batch_size]
-            with first_order():
-                inputs = data.model_inputs(data.train_x[idx]).to(dtype)
-                logits = model.forward(w, inputs, train=True)
-            loss = outer_loss(logits, data.train_y[idx], data.binary).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    acc = accuracy(
-        model,
-        w.detach(),
-        data.test_x,
-        data.test_y,
-        binary=data.binary,
-        transform=data.model_inputs,
-    )
-    return float(acc[0])
+    gain: float = 1.0,
+    generator: torch.Generator | None = None,
+    chunk: int = 50,
+    dtype: torch.dtype = torch.float32,
+) -> None:
+    """Advance ``generator`` exactly as a random-init :func:`evaluate_distilled` call with
+    these arguments would, without training: a rank that leaves a call to another rank stays
+    in step with the draws that follow."""
+    for start in range(0, n_nets, chunk):
+        b = min(chunk, n_nets - start)
+        sample_weights(model, b, scheme=scheme, gain=gain, generator=generator, dtype=dtype)
 
 
 def distillation_ratio(distilled_accuracy: float, full_accuracy: float) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -425,15 +426,23 @@ def _run_baseline(
 
 
 def _run_full_data(spec: TableSpec, config: DistillConfig, options: RunOptions) -> dict[str, Any]:
-    from fastdistill.evaluate import train_full_data
+    from fastdistill.full_data import options_from_config, train_full_data
     from fastdistill.models import build_model_for
 
     data = _load_data(config, options)
     dtype = torch.float64 if config.dtype == "float64" else torch.float32
     module = build_model_for(config.model, data, **config.model_kwargs).to(options.device, dtype)
     epochs = config.full_data_epochs or spec.full_data_epochs
-    acc = train_full_data(module, data, epochs=epochs, seed=config.seed, scheme=config.init_scheme)
-    return {"status": "done", "accuracy": {"mean": acc, "std": 0.0, "n_nets": 1}, "epochs": epochs}
+    opts = options_from_config(config, epochs)
+    full = train_full_data(module, data, opts, seed=config.seed, scheme=config.init_scheme)
+    for line in full.warnings():
+        print(line, file=sys.stderr)
+    return {
+        "status": "done",
+        "accuracy": {"mean": full.test_accuracy, "std": 0.0, "n_nets": 1},
+        "epochs": epochs,
+        "full_data": full.to_dict(),
+    }
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -505,6 +514,11 @@ def write_table(spec: TableSpec, out: Path) -> dict[str, Any]:
             entry["status"] = "not run"
         cells[c.key] = entry
     table = {"name": spec.name, "title": spec.title, "row": spec.row, "cells": cells}
+    warnings = _ratio_warnings(cells, full)
+    if warnings:
+        table["warnings"] = warnings
+        for line in warnings:
+            print(line, file=sys.stderr)
     if spec.sizes:
         table["accuracy_vs_size"] = summary = _size_summary(spec, cells, full_acc)
         if summary["accuracy"]:
@@ -514,6 +528,27 @@ def write_table(spec: TableSpec, out: Path) -> dict[str, Any]:
     _write_json(out / "table.json", table)
     (out / "table.md").write_text(render_markdown(spec, table))
     return table
+
+
+def _ratio_warnings(cells: dict[str, Any], full: dict[str, Any] | None) -> list[str]:
+    """Why the table's ratios should not be trusted: an undertrained full-data reference."""
+    from fastdistill.full_data import FullDataResult
+
+    out = []
+    if full and full["status"] == "done" and "full_data" in full:
+        out += FullDataResult(**full["full_data"]).warnings()
+    over = [
+        f"{k} ({e['distillation_ratio']:.1f})"
+        for k, e in cells.items()
+        if e.get("distillation_ratio", 0) > 100
+    ]
+    if over:
+        out.append(
+            f"warning: r > 100 for {', '.join(over)}: these beat the full-data reference, so it "
+            "is undertrained; rerun the full-data cell longer (--set full_data_epochs=...) or with "
+            "another full_data_lr"
+        )
+    return out
 
 
 def _size_summary(spec: TableSpec, cells: dict[str, Any], full_acc: float | None) -> dict[str, Any]:
@@ -553,6 +588,7 @@ def render_markdown(spec: TableSpec, table: dict[str, Any]) -> str:
     lines = [f"# {spec.title}", "", note, "", head, rule, paper, ours, ""]
     if spec.notes:
         lines += [spec.notes, ""]
+    lines += [f"**{w}**" for w in table.get("warnings", [])]
     lines += [
         "| cell | kind | ours | paper | r_M | wall time | device | configuration |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -1,8 +1,10 @@
-"""Scale-out over ranks (torchrun): two gloo ranks reach the single-process distilled set.
+"""Scale-out over ranks (torchrun), gloo on the CPU.
 
-Fixed init with one net splits the real batch; random init with 2 nets per iteration splits the
-nets. Float64, deterministic MLP: the summed shares equal the single-process hypergradient up to
-rounding, so after a few Adam steps the sets agree to ~1e-12.
+``reduce="ordered"`` (the default): the same distilled set, bit for bit in float32, on 1, 2 or 4
+ranks, for random init (units of nets) and fixed init (pieces of the real batch); a checkpoint
+written on one number of ranks resumes on another and ends bit-identical; the random-init
+evaluation split over ranks equals the single-process one. ``reduce="allreduce"``: each rank
+sees its shard, and the sum matches one process up to rounding (float64).
 """
 
 from __future__ import annotations
@@ -15,24 +17,39 @@ import torch
 import torch.multiprocessing as mp
 
 from fastdistill.config import DistillConfig
-from fastdistill.distributed import Shard
+from fastdistill.distributed import Shard, WorkPlan, ordered_sum
 
-CONFIGS = {
-    "batch-split": {"init": "fixed", "nets_per_iteration": 1, "real_batch_size": 257},
-    "net-split": {"init": "random", "nets_per_iteration": 2, "real_batch_size": 128},
+LENET = {"model": "lenet", "image_size": 28}
+MLP = {"model": "mlp", "model_kwargs": {"hidden": (16,)}}
+RUNS = {
+    "lenet-random": {**LENET, "init": "random", "nets_per_iteration": 4, "real_batch_size": 128},
+    "lenet-fixed": {**LENET, "init": "fixed", "nets_per_iteration": 1, "real_batch_size": 200},
+    "mlp-batch-split": {**MLP, "init": "fixed", "nets_per_iteration": 1, "real_batch_size": 257},
+    "mlp-net-split": {**MLP, "init": "random", "nets_per_iteration": 2, "real_batch_size": 128},
 }
 
 
-def _config(kind: str) -> DistillConfig:
-    return DistillConfig(
-        dataset="digits", model="mlp", model_kwargs={"hidden": (16,)}, steps=2, epochs=2,
-        iterations=4, decay_epochs=1, eval_nets=2, dtype="float64", **CONFIGS[kind],
-    )  # fmt: skip
+def _config(run: str, **kw) -> DistillConfig:
+    base = {
+        "dataset": "digits",
+        "steps": 1,
+        "epochs": 2,
+        "iterations": 4,
+        "decay_epochs": 1,
+        "eval_nets": 6,
+    }
+    return DistillConfig(**{**base, **RUNS[run], **kw})
 
 
-def _rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
+def _tensors(d) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in d.distilled.learnable()]
+
+
+def _rank(rank: int, world: int, port: int, job: dict, out: str) -> None:
+    """One rank of a job: distill (optionally resume from / stop at a checkpoint), save."""
     import torch.distributed as dist
 
+    from fastdistill import distiller as outer
     from fastdistill.data import load_image_dataset
     from fastdistill.distiller import Distiller
 
@@ -40,17 +57,39 @@ def _rank(rank: int, world: int, port: int, kind: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from fastdistill import distiller as outer
-
         seen = []  # the real-batch sizes this rank's hypergradients saw
         real = outer.hypergradient
         outer.hypergradient = lambda *a, **k: seen.append(a[5].shape[0]) or real(*a, **k)
-        d = Distiller(_config(kind), load_image_dataset("digits"))
-        d.fit(progress=False, checkpoint_path=os.path.join(out, "ckpt.safetensors"))
-        tensors = [t.detach() for t in d.distilled.learnable()]
-        torch.save((tensors, outer.rank_and_world(), seen), os.path.join(out, f"r{rank}.pt"))
+        d = Distiller(_config(job["run"], **job.get("config", {})), load_image_dataset("digits"))
+        ckpt = os.path.join(out, "ckpt.safetensors")
+        if job.get("resume"):
+            assert d.resume(ckpt) is not None
+        d.fit(job.get("until"), progress=False, checkpoint_path=ckpt, checkpoint_every=1)
+        result = {"tensors": _tensors(d), "rank_world": outer.rank_and_world(), "seen": seen}
+        if job.get("evaluate"):
+            result["accuracies"] = d.evaluate(n_nets=6, seed=5, chunk=2).accuracies
+        if job.get("baselines"):
+            result["baselines"] = _baselines(d)
+        torch.save(result, os.path.join(out, f"r{rank}.pt"))
+        dist.barrier()  # leave together: gloo can abort a rank whose peer is still mid-exchange
     finally:
         dist.destroy_process_group()
+
+
+def _baselines(d) -> dict[str, torch.Tensor]:
+    """The controls of a distilled set and two baselines over 3 draws, as accuracy vectors."""
+    from fastdistill.baselines import run_baselines
+    from fastdistill.controls import control_accuracies
+
+    c = d.config
+    out = {k: v.accuracies for k, v in control_accuracies(d).items() if v is not None}
+    names = ("random_real", "knn_random_real")
+    base = run_baselines(
+        d.data, d.model, steps=1, epochs=2, init=c.init, n_nets=7, draws=3, lr=0.1,
+        init_weights=d.distilled.init_weights, names=names, seed=1,
+    )  # fmt: skip
+    out.update({k: v.accuracies for k, v in base.items()})
+    return out
 
 
 def _free_port() -> int:
@@ -59,26 +98,129 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("kind", list(CONFIGS))
-def test_two_ranks_reach_the_single_process_set(kind, tmp_path):
+def _spawn(world: int, job: dict, out) -> list[dict]:
+    mp.spawn(_rank, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
+    return [torch.load(out / f"r{r}.pt") for r in range(world)]
+
+
+def _single(job: dict, out=None):
     from fastdistill.data import load_image_dataset
     from fastdistill.distiller import Distiller
 
-    mp.spawn(_rank, args=(2, _free_port(), kind, str(tmp_path)), nprocs=2, join=True)
-    single = Distiller(_config(kind), load_image_dataset("digits"))
-    single.fit(progress=False)
-    want = [t.detach() for t in single.distilled.learnable()]
-    batch = CONFIGS[kind]["real_batch_size"]
-    for rank in (0, 1):
-        got, rank_world, seen = torch.load(tmp_path / f"r{rank}.pt")
-        assert rank_world == (rank, 2)
-        # batch split: each rank saw its half of the real batch; net split: all of it
-        half = len(range(batch)[Shard.of(1, batch, rank, 2).batch])
-        assert half in (batch // 2, batch - batch // 2)
-        assert set(seen) == ({half} if kind == "batch-split" else {batch})
-        for a, b in zip(got, want):
-            assert float((a - b).norm() / b.norm()) < 1e-10, (kind, rank)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in every rank: the same bits need the same threads
+    try:
+        d = Distiller(_config(job["run"], **job.get("config", {})), load_image_dataset("digits"))
+        ckpt = None if out is None else out / "ckpt.safetensors"
+        if job.get("resume"):
+            assert d.resume(ckpt) is not None
+        d.fit(job.get("until"), progress=False, checkpoint_path=ckpt, checkpoint_every=1)
+        return d
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _same_bits(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("run, world", [("lenet-random", 2), ("lenet-random", 4),
+                                        ("lenet-fixed", 2)])  # fmt: skip
+def test_ordered_reduce_gives_the_same_bits_on_any_number_of_ranks(run, world, tmp_path):
+    want = _tensors(_single({"run": run}))
+    results = _spawn(world, {"run": run}, tmp_path)
+    for rank, r in enumerate(results):
+        assert r["rank_world"] == (rank, world)
+        assert _same_bits(r["tensors"], want), (run, world, rank)
+    batch = RUNS[run]["real_batch_size"]
+    if run == "lenet-random":  # units of one net, each on its owner rank, on the full batch
+        assert all(r["seen"] == [batch] * (4 // world) * 4 for r in results)
     assert (tmp_path / "ckpt.safetensors").exists()  # written by rank 0
+
+
+def test_allreduce_is_a_different_rounding_but_the_same_function(tmp_path):
+    """Float32, 2 ranks: the plain all-reduce is close to the ordered result, not equal."""
+    ordered = _tensors(_single({"run": "lenet-random"}))
+    job = {"run": "lenet-random", "config": {"reduce": "allreduce"}}
+    got = _spawn(2, job, tmp_path)[0]["tensors"]
+    for a, b in zip(got, ordered):
+        assert float((a - b).norm() / b.norm()) < 1e-4
+
+
+@pytest.mark.parametrize("run", ["mlp-batch-split", "mlp-net-split"])
+def test_allreduce_shards_reach_the_single_process_set(run, tmp_path):
+    job = {"run": run, "config": {"reduce": "allreduce", "dtype": "float64"}}
+    results = _spawn(2, job, tmp_path)
+    want = _tensors(_single(job))
+    batch = RUNS[run]["real_batch_size"]
+    for rank, r in enumerate(results):
+        half = len(range(batch)[Shard.of(1, batch, rank, 2).batch])
+        # batch split: each rank saw its half of the real batch; net split: all of it
+        assert set(r["seen"]) == ({half} if run == "mlp-batch-split" else {batch})
+        for a, b in zip(r["tensors"], want):
+            assert float((a - b).norm() / b.norm()) < 1e-10, (run, rank)
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_another_number_of_ranks(first, then, tmp_path):
+    want = _tensors(_single({"run": "lenet-random"}))
+    job = {"run": "lenet-random", "until": 2}
+    if first == 1:
+        _single(job, tmp_path)
+    else:
+        _spawn(first, job, tmp_path)
+    job = {"run": "lenet-random", "resume": True}
+    if then == 1:
+        got = _tensors(_single(job, tmp_path))
+    else:
+        got = _spawn(then, job, tmp_path)[0]["tensors"]
+    assert _same_bits(got, want)
+
+
+def test_random_init_evaluation_split_over_ranks_equals_one_process(tmp_path):
+    job = {"run": "lenet-random", "until": 1, "evaluate": True}
+    d = _single(job)
+    want = d.evaluate(n_nets=6, seed=5, chunk=2).accuracies
+    for r in _spawn(2, job, tmp_path):
+        assert torch.equal(r["accuracies"], want)
+
+
+@pytest.mark.parametrize("run", ["lenet-random", "lenet-fixed"])
+def test_controls_and_baselines_split_over_ranks_equal_one_process(run, tmp_path):
+    """Draw i is trained on rank i mod world; the other ranks keep their generators in step."""
+    job = {"run": run, "until": 1, "baselines": True}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        want = _baselines(_single(job))
+    finally:
+        torch.set_num_threads(threads)
+    assert set(want) == {"hard_labels", "random_real", "knn_random_real"}
+    for r in _spawn(2, job, tmp_path):
+        assert r["baselines"].keys() == want.keys()
+        for k, v in want.items():
+            assert torch.equal(r["baselines"][k], v), (run, k)
+
+
+def test_work_plans_cover_the_iteration_once():
+    for nets, batch, units, world in ((4, 1024, None, 2), (4, 64, 2, 2), (1, 257, None, 2),
+                                      (1, 100, 3, 2), (1, 5, None, 4)):  # fmt: skip
+        plan = WorkPlan.of(nets, batch, units)
+        owned = [u for r in range(world) for u in plan.owned(r, world)]
+        assert owned == list(range(plan.units))
+        if plan.kind == "batch":
+            bounds = plan.batch_bounds(batch)
+            assert bounds[0] == 0 and bounds[-1] == batch and bounds == sorted(bounds)
+    with pytest.raises(ValueError, match="must divide"):
+        WorkPlan.of(4, 64, 3)
+    with pytest.raises(ValueError, match="cannot be shared evenly"):
+        WorkPlan.of(4, 64).check_world(3)
+
+
+def test_ordered_sum_adds_in_unit_order():
+    rows = torch.tensor([[1e8], [1.0], [-1e8]], dtype=torch.float32)
+    # (1e8 + 1) - 1e8 is 0 in float32; another order would give 1
+    assert ordered_sum(rows, [1.0, 1.0, 1.0]).item() == 0.0
 
 
 def test_shards_cover_the_iteration_once():

@@ -27,9 +27,10 @@ from fastdistill.baselines.optimized import _score_indices, choose_lr, optimized
 from fastdistill.baselines.real import _random_real_set, average_real
 from fastdistill.data.protocol import DistillData
 from fastdistill.distilled import DistilledSet
+from fastdistill.distributed import all_reduce_sum, rank_and_world
 from fastdistill.engine.functional import FlatModel
 from fastdistill.engine.init import InitScheme, sample_weights
-from fastdistill.evaluate import evaluate_distilled
+from fastdistill.evaluate import evaluate_distilled, skip_random_nets
 
 
 def run_baselines(
@@ -215,31 +216,50 @@ class _Run:
 
     def trained(self, key: str, sets: list[DistilledSet]) -> BaselineAccuracy:
         """Test accuracies of nets trained on ``sets`` at ``key``'s step size, ``n_nets`` in
-        all spread over the sets (fixed init: the one net on each set)."""
+        all spread over the sets (fixed init: the one net on each set). Under torchrun draw i
+        is trained by rank ``i mod world`` and the accuracies meet in one exact all-reduce."""
         lr = self.chosen[key]
+        rank, world = rank_and_world()
         accs = []
-        for d, nets in zip(sets, _split(self.n_nets, len(sets))):
-            if self.init == "fixed" or nets > 0:
-                acc = evaluate_distilled(
-                    with_lr(d, lr).to(dtype=self.dtype),
-                    self.model,
-                    self.data.test_x,
-                    self.data.test_y,
-                    init=self.init,
-                    n_nets=max(nets, 1),
-                    init_weights=self.fixed,
-                    scheme=self.scheme,
-                    gain=self.gain,
-                    generator=self.gen,
-                    transform=self.data.model_inputs,
-                )
-                accs.append(acc.accuracies)
-        return BaselineAccuracy(torch.cat(accs), lr=_lr_meta(lr), draws=len(sets))
+        for i, (d, nets) in enumerate(zip(sets, _split(self.n_nets, len(sets)))):
+            if self.init == "random" and nets == 0:
+                continue
+            n = max(nets, 1)
+            if i % world != rank:
+                if self.init == "random":  # the next draws' weights come from the same stream
+                    skip_random_nets(
+                        self.model, n, scheme=self.scheme, gain=self.gain, generator=self.gen,
+                        dtype=self.dtype,
+                    )  # fmt: skip
+                accs.append(torch.zeros(1 if self.init == "fixed" else n, dtype=torch.float64))
+                continue
+            acc = evaluate_distilled(
+                with_lr(d, lr).to(dtype=self.dtype),
+                self.model,
+                self.data.test_x,
+                self.data.test_y,
+                init=self.init,
+                n_nets=n,
+                init_weights=self.fixed,
+                scheme=self.scheme,
+                gain=self.gain,
+                generator=self.gen,
+                transform=self.data.model_inputs,
+                distribute=False,
+            )
+            accs.append(acc.accuracies.double().cpu())
+        return BaselineAccuracy(_gathered(torch.cat(accs), world), lr=_lr_meta(lr), draws=len(sets))
 
     def knn(self, sets: list[DistilledSet]) -> BaselineAccuracy:
-        accs = [knn_accuracy(self.data, d, k=self.knn_k) for d in sets]
+        rank, world = rank_and_world()
+        accs = [
+            knn_accuracy(self.data, d, k=self.knn_k) if i % world == rank else 0.0
+            for i, d in enumerate(sets)
+        ]
         return BaselineAccuracy(
-            torch.tensor(accs, dtype=torch.float64), draws=len(sets), k=self.knn_k
+            _gathered(torch.tensor(accs, dtype=torch.float64), world),
+            draws=len(sets),
+            k=self.knn_k,
         )
 
     def trained_and_knn(
@@ -252,6 +272,15 @@ class _Run:
         if f"knn_{name}" in wanted:
             out[f"knn_{name}"] = self.knn(sets)
         return out
+
+
+def _gathered(accs: Tensor, world: int) -> Tensor:
+    """Sum of the ranks' zero-filled accuracy vectors: one non-zero addend each, so exact."""
+    if world == 1:
+        return accs
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    (out,) = all_reduce_sum([accs.to(device)])
+    return out.cpu()
 
 
 def _split(total: int, parts: int) -> list[int]:

@@ -107,7 +107,9 @@ def read_imdb(root: str | Path) -> dict[str, TextSplit]:
 # --------------------------------------------------------------------------------------------
 # SST: PTB trees, one sentence per line, "(3 (2 It) (4 (2 's) ...))"
 
-_SST_LEAF = re.compile(r"\(\d+ ([^()\s]+)\)")
+# Leaves are split by ASCII spaces only: some tokens hold U+00A0 ("2\xa01/2"), which ``\s``
+# would match. Slashes are escaped in the trees (``\/``).
+_SST_LEAF = re.compile(r"\(\d+ ([^() \t\r\n]+)\)")
 _SST_ROOT = re.compile(r"\s*\((\d+)\s")
 _PTB_BRACKETS = {"-LRB-": "(", "-RRB-": ")", "-LSB-": "[", "-RSB-": "]", "-LCB-": "{", "-RCB-": "}"}
 
@@ -129,7 +131,7 @@ def parse_sst_tree(line: str) -> tuple[str, int]:
     m = _SST_ROOT.match(line)
     if m is None:
         raise ValueError(f"not a PTB tree: {line[:60]!r}")
-    leaves = [_PTB_BRACKETS.get(t, t) for t in _SST_LEAF.findall(line)]
+    leaves = [_PTB_BRACKETS.get(t, t).replace("\\/", "/") for t in _SST_LEAF.findall(line)]
     return " ".join(leaves), int(m.group(1))
 
 

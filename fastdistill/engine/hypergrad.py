@@ -83,6 +83,7 @@ def hypergradient(
     checkpoint_memory: int | None = None,
     truncate: int | None = None,
     rng_seed: int | None = None,
+    outer_pass: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> Hypergradient:
     """d(mean over nets of the outer loss) / d(data, labels, raw_lrs), exactly.
 
@@ -120,6 +121,9 @@ def hypergradient(
         truncate: back-propagate through the last ``truncate`` steps only (None = exact).
         rng_seed: base seed that makes stochastic layers (dropout) replay the same masks in
             every engine and in the adjoint's recomputation; drawn when None.
+        outer_pass: adjoint only; ``w_T -> (per-net loss [B], dL/dw_T [B, P])`` replacing the
+            real-batch outer pass (``real_x``/``real_y`` are then only checked), e.g. one
+            shared by ranks (``fastdistill.distributed.ordered_outer``).
     """
     _check_inputs(model, w0, data, labels, raw_lrs, real_x, real_y, label_kind)
     if engine not in ENGINES:
@@ -135,13 +139,15 @@ def hypergradient(
     if model.stochastic and rng_seed is None:
         rng_seed = int(torch.randint(0, 2**62, (1,)).item())
     if engine == "unroll":
+        if outer_pass is not None:
+            raise ValueError("outer_pass needs engine='adjoint' (unroll keeps one graph)")
         return _unroll(
             model, w0, data, labels, raw_lrs, real_x, real_y, label_kind, learn_labels,
             schedule, truncate, rng_seed,
         )  # fmt: skip
     return _adjoint(
         model, w0, data, labels, raw_lrs, real_x, real_y, label_kind, learn_labels,
-        schedule, truncate, rng_seed, outer_chunk,
+        schedule, truncate, rng_seed, outer_chunk, outer_pass,
     )  # fmt: skip
 
 
@@ -316,7 +322,7 @@ def chunked_outer_value_and_grad(
 
 def _adjoint(
     model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, schedule, truncate, seed,
-    outer_chunk=None,
+    outer_chunk=None, outer_pass=None,
 ) -> Hypergradient:  # fmt: skip
     T, S = raw_lrs.numel(), data.shape[0]
     first = _first_step(truncate, T)
@@ -330,6 +336,8 @@ def _adjoint(
         return ops.inner_update(w.detach(), g, raw[t])
 
     def outer(w_T: Tensor) -> tuple[Tensor, Tensor]:
+        if outer_pass is not None:
+            return outer_pass(w_T)
         return chunked_outer_value_and_grad(
             model, w_T, real_x, real_y, kind == "binary", outer_chunk
         )

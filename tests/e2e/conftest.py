@@ -23,7 +23,7 @@ TINY = [
     "--checkpoint-every", "1", "--device", "cpu", "--threads", "1", "--quiet",
 ]  # fmt: skip
 TIMING_KEYS = {"distill_wall_time_s", "seconds_per_iteration", "data_load_time_s",
-               "evaluation_time_s", "wall_time", "time_s", "step_time_s"}  # fmt: skip
+               "evaluation_time_s", "controls_time_s", "wall_time", "time_s", "step_time_s"}  # fmt: skip
 
 
 def distill_args(out: Path, *extra: str) -> list[str]:

@@ -11,8 +11,11 @@ the iteration the line names; SIGKILL leaves whatever the atomic writes left.
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -90,3 +93,35 @@ def test_interrupted_runs_resume_bit_identical(sig, interrupted_runs, reference_
     with capsys.disabled():
         print(f"\n{signal.Signals(sig).name}: {identical} of {len(runs)} interrupted runs resumed "
               "bit-identical")  # fmt: skip
+
+
+def _torchrun(out, *extra: str, restarts: int = 1, kill: str | None = None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FASTDISTILL_DIST_TIMEOUT": "120"}
+    env.pop("FASTDISTILL_TEST_KILL", None)
+    if kill is not None:
+        env["FASTDISTILL_TEST_KILL"] = kill
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           f"--max-restarts={restarts}", str(Path(__file__).with_name("faulty_rank.py")),
+           *distill_args(out, "--resume", "auto", *extra)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+
+
+def test_a_rank_killed_under_torchrun_restarts_and_ends_bit_identical(reference_run, tmp_path):
+    """Rank 1 is SIGKILLed as it starts iteration 6; torchrun restarts both ranks, they resume
+    from rank 0's last checkpoint and end with the set, report and metrics of one process."""
+    out = tmp_path / "run"
+    proc = _torchrun(out, kill="1:6", restarts=1)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout
+    assert outputs(out) == outputs(reference_run)
+
+
+def test_a_rank_lost_without_restarts_stops_every_rank_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = _torchrun(out, restarts=0, kill="1:6")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("fastdistill:")]
+    assert lines, proc.stderr[-3000:]
+    assert all("Traceback" not in ln for ln in lines)
+    assert any("rank 0 of 2" in ln and "lost" in ln for ln in lines), lines
+    assert (out / "checkpoint.safetensors").is_file()  # the boundary state survives

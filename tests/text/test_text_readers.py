@@ -114,6 +114,16 @@ def test_sst_trees_fine_and_binary(tmp_path):
     assert binary["test"].texts == ["Great", "Terrible"]  # neutral dropped
 
 
+def test_sst_leaves_keep_nbsp_and_unescape_slashes(tmp_path):
+    # tokens in the PTB trees can hold U+00A0 and escape "/" as "\\/"
+    tree = "(3 (2 It) (3 (2 runs) (3 (2 2\u00a01\\/2) (2 hours))))"
+    assert parse_sst_tree(tree) == ("It runs 2\u00a01/2 hours", 3)
+    assert parse_sst_tree("(1 (2 and\\/or) (1 worse))") == ("and/or worse", 1)
+    folder = write_sst(tmp_path)
+    (folder / "test.txt").write_text(tree + "\n", encoding="utf-8")
+    assert read_sst(tmp_path)["test"].texts == ["It runs 2\u00a01/2 hours"]
+
+
 def test_sst_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.txt") as err:
         read_sst(tmp_path)

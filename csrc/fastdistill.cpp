@@ -102,6 +102,13 @@ TORCH_LIBRARY(fastdistill, m) {
   m.def(
       "seq_step(Tensor w, Tensor? v, Tensor x, Tensor y, int[] spec, str loss, bool need_dx, "
       "bool need_dy) -> (Tensor value, Tensor g, Tensor hv, Tensor dx, Tensor dy)");
+  // Local response normalisation across channels of input [N, C, ...] (torch's
+  //   local_response_norm: y = x / (k + alpha / size * sum of x^2 over the channel window)^beta)
+  //   and its vector-Jacobian product (grad [N, C, ...] -> d/dinput).
+  m.def("local_response_norm(Tensor input, int size, float alpha, float beta, float k) -> Tensor");
+  m.def(
+      "local_response_norm_backward(Tensor grad, Tensor input, int size, float alpha, "
+      "float beta, float k) -> Tensor");
   // Build configuration as a JSON string.
   m.def("build_info() -> str", &build_info);
 }

@@ -207,6 +207,7 @@ _OPTION_FIELDS = (
     "full_data_epochs",
     "full_data_lr",
     "controls",
+    "stop_at",
     "dtype",
 )
 
@@ -404,6 +405,12 @@ def _finish(
         print(f"decoded nearest sentences in {time.perf_counter() - t0:.2f}s -> {decoded}")
 
     acc, eval_time = evaluations["accuracy"], evaluations["time"]
+    if distiller.reached is not None:
+        r = distiller.reached
+        print(
+            f"stopped at iteration {r['iteration']} ({r['wall_time']:.1f} s): validation "
+            f"accuracy {100 * r['val_accuracy']:.2f}% >= stop_at {100 * config.stop_at:.2f}%"
+        )
     print(f"test accuracy ({config.init} init): {acc}")
     controls = evaluations["controls"]
     if controls is not None:
@@ -428,6 +435,7 @@ def _finish(
         "learned_lrs": distiller.distilled.lrs.tolist(),
         "history": distiller.history,
         "best": distiller.best,
+        "reached": distiller.reached,
         "dataset": distiller.data.describe(),
     }
     if controls is not None:
@@ -597,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations", type=_non_negative, help="outer iterations (default: the preset's)"
     )
     d.add_argument("--seed", type=_non_negative)
+    d.add_argument(
+        "--stop-at",
+        type=float,
+        metavar="ACC",
+        help="stop once validation accuracy reaches ACC (0-1; needs --set validation=0.1 or a "
+        "preset with a validation split)",
+    )
     d.add_argument("--engine", choices=["adjoint", "unroll"])
     d.add_argument("--eval-nets", type=_positive, help="random-init nets to evaluate (default 200)")
     d.add_argument(

@@ -65,6 +65,7 @@ class DistillConfig:
     eval_nets: int = 200
     validation: float = 0.0  # fraction of the training set held out to keep the best set
     validate_every: int = 100  # iterations between validation checks (when validation > 0)
+    stop_at: float | None = None  # stop once validation accuracy reaches this (0-1]
     controls: bool = True  # also test the set with hard labels, and random real of its size
     full_data_epochs: int = 0  # > 0: also train the full-data reference of r (max epochs)
     full_data_lr: float = 1e-3  # its AdamW step (cosine-decayed to 0 over the epochs)
@@ -122,6 +123,11 @@ class DistillConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.validation < 1.0:
             raise ValueError(f"validation must be a fraction in [0, 1), got {self.validation}")
+        if self.stop_at is not None:
+            if not 0.0 < self.stop_at <= 1.0:
+                raise ValueError(f"stop_at is a validation accuracy in (0, 1], got {self.stop_at}")
+            if self.validation == 0.0:
+                raise ValueError("stop_at needs a validation split: also set validation=0.1")
         if self.validate_every < 1:
             raise ValueError(f"validate_every must be >= 1, got {self.validate_every}")
         if self.iterations is not None and self.iterations < 0:

@@ -279,6 +279,8 @@ class Distiller:
         # Best set by validation accuracy (when config.validation > 0), restored by fit().
         self.best: dict[str, Any] | None = None
         self.best_tensors: dict[str, Tensor] = {}
+        # Where validation accuracy first reached config.stop_at; the run ends there.
+        self.reached: dict[str, Any] | None = None
 
     def _meta(self) -> dict[str, Any]:
         c = self.config
@@ -428,7 +430,9 @@ class Distiller:
         handle_signals: bool = True,
         progress_every: float = 30.0,
     ) -> DistilledSet:
-        """Run until ``iterations`` (default: the configuration's total) have been done.
+        """Run until ``iterations`` (default: the configuration's total) have been done, or
+        until validation accuracy reaches ``config.stop_at`` (recorded in ``self.reached``;
+        the best validated set is restored, as at the end of a full run).
 
         With ``checkpoint_path``, a checkpoint is written atomically every ``checkpoint_every``
         iterations and at the end (the previous one kept as ``NAME.prev.safetensors``); before
@@ -455,13 +459,14 @@ class Distiller:
         try:
             if stopper is not None:
                 stopper.install()
-            while self.iteration < target:
+            while self.iteration < target and self.reached is None:
                 saved = self._iterate(target, log_every, bar, callback, ckpt, checkpoint_every)
                 if stopper is not None and stopper.stop_requested():
                     if ckpt is not None and not saved:
                         self.save_checkpoint(ckpt)
                     raise Interrupted(stopper.signum, self.iteration, ckpt)
-            if self.best is not None and self.iteration >= self.total_iterations:
+            done = self.iteration >= self.total_iterations or self.reached is not None
+            if self.best is not None and done:
                 self.restore_best()
             if ckpt is not None:
                 self.save_checkpoint(ckpt)
@@ -499,7 +504,14 @@ class Distiller:
         if self.val_x is not None and (
             self.iteration % self.config.validate_every == 0 or self.iteration == target
         ):
-            self._validate()
+            acc = self._validate()
+            stop_at = self.config.stop_at
+            if stop_at is not None and acc >= stop_at:
+                self.reached = {
+                    "iteration": self.iteration,
+                    "val_accuracy": acc,
+                    "wall_time": self.wall_time,
+                }
         saved = False
         if ckpt is not None and self.iteration % checkpoint_every == 0:
             self.save_checkpoint(ckpt)
@@ -640,6 +652,7 @@ class Distiller:
             "scheduler": self.scheduler.state_dict(),
             "sampler": json_sampler,
             "best": self.best,
+            "reached": self.reached,
         }
         return tensors, state
 
@@ -765,6 +778,7 @@ class Distiller:
         )
         self.sampler.load_state_dict(sampler_state)
         self.best = state.get("best")
+        self.reached = state.get("reached")
         self.best_tensors = {
             k[len("best.") :]: v.to(self.device)
             for k, v in tensors.items()

@@ -134,6 +134,28 @@ def test_validation_split_keeps_the_best_set(digits, tmp_path):
         Distiller(tiny(), digits).evaluate(split="validation")
 
 
+def test_stop_at_ends_the_run_at_the_first_validation_reaching_it(digits, tmp_path):
+    full = Distiller(tiny(validation=0.25, validate_every=2, iterations=10), digits)
+    full.fit(progress=False)
+    vals = [h["val_accuracy"] for h in full.history if "val_accuracy" in h]
+    goal = vals[1]  # reached at iteration 4 at the latest
+    first = 2 * next(i + 1 for i, v in enumerate(vals) if v >= goal)
+    cfg = tiny(validation=0.25, validate_every=2, iterations=10, stop_at=goal)
+    d = Distiller(cfg, digits)
+    d.fit(progress=False, checkpoint_path=tmp_path / "c.safetensors")
+    assert d.iteration == first < 10 and d.reached["iteration"] == first
+    assert d.reached["val_accuracy"] >= goal
+    assert torch.equal(d.distilled.data, d.best_tensors["data"])  # the best set, as at the end
+    again = Distiller(cfg, digits)
+    again.load_checkpoint(tmp_path / "c.safetensors")
+    again.fit(progress=False)
+    assert again.iteration == first and again.reached == d.reached  # a resume does not go on
+    with pytest.raises(ValueError, match="stop_at needs a validation split"):
+        tiny(stop_at=0.9)
+    with pytest.raises(ValueError, match=r"stop_at is a validation accuracy in \(0, 1\]"):
+        tiny(validation=0.1, stop_at=95.0)
+
+
 def test_resume_on_another_device_type_needs_consent(digits, tmp_path):
     """A CUDA generator's state (16 bytes) cannot continue on the CPU: a clear error, or with
     allow_device_change a re-seeded init stream and everything else restored."""

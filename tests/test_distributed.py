@@ -10,7 +10,6 @@ sees its shard, and the sum matches one process up to rounding (float64).
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -53,9 +52,10 @@ def _rank(rank: int, world: int, port: int, job: dict, out: str) -> None:
     from fastdistill.data import load_image_dataset
     from fastdistill.distiller import Distiller
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # the store lives in the test process, so no rank's exit can take it away from the others
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     try:
         seen = []  # the real-batch sizes this rank's hypergradients saw
         real = outer.hypergradient
@@ -92,14 +92,12 @@ def _baselines(d) -> dict[str, torch.Tensor]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int, job: dict, out) -> list[dict]:
-    mp.spawn(_rank, args=(world, _free_port(), job, str(out)), nprocs=world, join=True)
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
+    mp.spawn(_rank, args=(world, store.port, job, str(out)), nprocs=world, join=True)
+    del store
     return [torch.load(out / f"r{r}.pt") for r in range(world)]
 
 

@@ -26,6 +26,7 @@ from fastdistill.ops._backend import (
 )
 from fastdistill.ops._conv_pool import conv_pool_backward, conv_pool_forward, conv_pool_gather
 from fastdistill.ops._inner_update import inner_update
+from fastdistill.ops._local_response_norm import local_response_norm
 from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
 from fastdistill.ops._seq_step import seq_step
 from fastdistill.ops._soft_label_loss import soft_label_loss
@@ -44,6 +45,7 @@ __all__ = [
     "get_backend",
     "inner_update",
     "last_backend",
+    "local_response_norm",
     "nearest_embedding",
     "reference",
     "runs_kernel",

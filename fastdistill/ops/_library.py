@@ -31,6 +31,7 @@ OPS = (
     "conv_pool_gather",
     "conv_pool_backward",
     "seq_step",
+    "local_response_norm",
 )
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 from fastdistill.ops.reference._math import softplus
 from fastdistill.ops.reference.adjoint_update import adjoint_update
 from fastdistill.ops.reference.inner_update import inner_update
+from fastdistill.ops.reference.local_response_norm import (
+    local_response_norm,
+    local_response_norm_backward,
+)
 from fastdistill.ops.reference.nearest_embedding import embedding_table_norms, nearest_embedding
 from fastdistill.ops.reference.seq_step import seq_step
 from fastdistill.ops.reference.soft_label_loss import (
@@ -22,6 +26,8 @@ __all__ = [
     "adjoint_update",
     "embedding_table_norms",
     "inner_update",
+    "local_response_norm",
+    "local_response_norm_backward",
     "nearest_embedding",
     "seq_step",
     "soft_label_loss",

@@ -95,3 +95,45 @@ def test_bad_shapes_are_rejected():
         )
     with pytest.raises(ValueError, match="classes_per_step"):
         DistilledSet.initialize(num_classes=3, sample_shape=(1,), classes_per_step=4)
+
+
+@pytest.mark.parametrize("fail_at", ["write", "fsync"])
+def test_a_full_disk_during_save_keeps_the_previous_file(tmp_path, monkeypatch, fail_at):
+    """ENOSPC in the middle of a save: the error reaches the caller, the file on disk is still
+    the last complete one, and no temp file is left behind."""
+    import errno
+    import io
+    import os
+
+    from fastdistill import distilled as mod
+
+    path = tmp_path / "ckpt.safetensors"
+    first = {"w": torch.arange(6.0)}
+    mod.atomic_save_safetensors(first, path, {"kind": "test"})
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if fail_at == "write":
+        real_open = open
+
+        class Full(io.FileIO):
+            def write(self, b):
+                full()
+
+        monkeypatch.setattr(
+            "builtins.open",
+            lambda p, mode="r", *a, **k: (
+                Full(p, "wb") if mode == "wb" else real_open(p, mode, *a, **k)
+            ),
+        )
+    else:
+        monkeypatch.setattr(mod.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        mod.atomic_save_safetensors({"w": torch.ones(6)}, path, {"kind": "test"})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]
+    tensors, _ = mod.load_safetensors(path)
+    assert torch.equal(tensors["w"], first["w"])

@@ -123,7 +123,9 @@ def _tables() -> dict[str, TableSpec]:
     image_methods = (("sldd", "SLDD", "soft"), ("dd", "DD", "hard"))
     text_methods = (("tdd", "TDD", "soft"),)
     # Table 3: TextConvNet, 10 GD steps of one sentence per class, 3 epochs, as the original
-    # code's defaults; sentences padded/truncated as in the text presets.
+    # code's defaults; sentences padded/truncated as in the text presets. 100 passes with Adam
+    # 0.01 halved every 30 ended at 75.4% (fixed init); 300 passes at 0.02 halved every 90,
+    # keeping the best set on a 10% validation split: 81.0% (RESULTS.md; the paper: 79.2%).
     trec6 = DistillConfig(
         dataset="trec6",
         model="textconvnet",
@@ -131,8 +133,11 @@ def _tables() -> dict[str, TableSpec]:
         images_per_class=1,
         steps=10,
         epochs=3,
-        outer_epochs=100,
-        decay_epochs=30,
+        lr=0.02,
+        outer_epochs=300,
+        decay_epochs=90,
+        validation=0.1,
+        validate_every=50,
     )
     digits = get_preset("digits-lenet-fixed-10").config.replace(
         steps=2, epochs=2, validation=0.0, outer_epochs=2, eval_nets=4, full_data_epochs=5

@@ -10,6 +10,7 @@ sees its shard, and the sum matches one process up to rounding (float64).
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 import torch
@@ -44,7 +45,7 @@ def _tensors(d) -> list[torch.Tensor]:
     return [t.detach().clone() for t in d.distilled.learnable()]
 
 
-def _rank(rank: int, world: int, port: int, job: dict, out: str) -> None:
+def _rank(rank: int, world: int, store: str, job: dict, out: str) -> None:
     """One rank of a job: distill (optionally resume from / stop at a checkpoint), save."""
     import torch.distributed as dist
 
@@ -53,9 +54,8 @@ def _rank(rank: int, world: int, port: int, job: dict, out: str) -> None:
     from fastdistill.distiller import Distiller
 
     torch.set_num_threads(1)
-    # the store lives in the test process, so no rank's exit can take it away from the others
-    store = dist.TCPStore("127.0.0.1", port, world, is_master=False)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    # a file store: no rank hosts a server that its exit could take from the others' teardown
+    dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
     try:
         seen = []  # the real-batch sizes this rank's hypergradients saw
         real = outer.hypergradient
@@ -93,11 +93,8 @@ def _baselines(d) -> dict[str, torch.Tensor]:
 
 
 def _spawn(world: int, job: dict, out) -> list[dict]:
-    import torch.distributed as dist
-
-    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
-    mp.spawn(_rank, args=(world, store.port, job, str(out)), nprocs=world, join=True)
-    del store
+    store = out / f"store-{uuid.uuid4().hex}"  # one per group: a file store is not reusable
+    mp.spawn(_rank, args=(world, str(store), job, str(out)), nprocs=world, join=True)
     return [torch.load(out / f"r{r}.pt") for r in range(world)]
 
 

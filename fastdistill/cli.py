@@ -9,6 +9,7 @@ checkpoint and exit with 130/143.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -858,11 +859,14 @@ def main(argv: list[str] | None = None) -> int:
         # A job scheduler's or `timeout`'s SIGTERM stops a run like Ctrl-C does; inside the
         # distillation loop both finish the iteration and write the checkpoint (distiller.py).
         previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    finished = False
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             args = build_parser().parse_args(argv)
-            return args.fn(args)
+            code = args.fn(args)
+            finished = True
+            return code
     except SystemExit:
         raise
     except BrokenPipeError:  # `fastdistill presets | head`: the reader left, nothing to report
@@ -876,8 +880,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastdistill: {line}", file=sys.stderr)
         return code
     finally:
+        _leave_process_group(finished)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _leave_process_group(finished: bool) -> None:
+    """Leave the torchrun process group before the interpreter exits. A rank that exits with
+    its group alive tears gloo down during finalisation, which can abort it ("terminate called
+    without an active exception") while a peer is still finishing. After a finished command
+    the ranks first meet, so none leaves while another still talks to it; after a failure a
+    peer may be gone, so the group is only destroyed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    # a lost peer: the command's own error line has already said so
+    if finished:
+        with contextlib.suppress(Exception):
+            dist.barrier()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -336,9 +336,18 @@ def _image_presets() -> list[Preset]:
             "96.13% (DD: 93.76%)",
         ),
         (
+            # one-hot labels cover only 5 of the 10 classes; labels smoothed over all ten and
+            # the best set kept on a 10% validation split: 89.49% (one-hot, no split: 88.10%)
             "mnist-lenet-fixed-5",
             "MNIST, LeNet, fixed init, 5 images for 10 classes",
-            mnist.replace(steps=1, epochs=3, classes_per_step=5),
+            mnist.replace(
+                steps=1,
+                epochs=3,
+                classes_per_step=5,
+                label_init="smoothed",
+                validation=0.1,
+                validate_every=580,
+            ),
             "91.56%",
         ),
         (
@@ -371,7 +380,9 @@ def _image_presets() -> list[Preset]:
         out.append(Preset(name, desc + ", soft labels", cfg, paper))
         out.append(
             Preset(
-                f"{name}-hard", desc + ", hard labels (original DD)", cfg.replace(label_mode="hard")
+                f"{name}-hard",
+                desc + ", hard labels (original DD)",
+                cfg.replace(label_mode="hard", label_init="onehot"),
             )
         )
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fastdistill.cli import main
 from fastdistill.distilled import DistilledSet
 
@@ -85,3 +87,19 @@ def test_sigterm_checkpoints_and_resume_finishes_the_run(tmp_path):
                     "--out", str(out), "--quiet", "--device", "cpu", "--resume"])  # fmt: skip
     assert resumed == 0
     assert json.loads((out / "report.json").read_text())["iterations"] == 60
+
+
+@pytest.mark.parametrize("argv", [["presets"], ["distill"]])  # a finished and a failed command
+def test_the_process_group_is_left_before_exit(argv, tmp_path, capsys):
+    """Under torchrun the command leaves its process group itself: a rank exiting with gloo
+    still up can abort in interpreter teardown while its peer finishes."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        main(argv)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -270,38 +270,63 @@ FD_CPU_CLONES void wgrad_vec(const double* plane, const int64_t* off, int64_t K,
   wgrad_vec_body<double>(plane, off, K, g, dwv, Lpad, n);
 }
 
-// Input gradient for one tap position (ky, kx) and CI input channels at once:
+// Input gradient for one tap position (ky, kx), CI input channels and NJ vectors of positions
+// from j on:
 //   dplane[ci][tap + j] += sum_c w[c][ci][ky][kx] * g[c][j].
-// The CI destinations are whole planes apart (no overlapping read-modify-writes), each g load
-// feeds CI multiply-adds, and the channel sum runs in two interleaved chains per destination.
-template <typename T, int CI>
+// The CI destinations are whole planes apart (no overlapping read-modify-writes); each g load
+// feeds CI multiply-adds and each broadcast weight NJ. The channel sum runs in H interleaved
+// chains where NJ * CI accumulators alone are too few to hide the multiply-add latency.
+template <typename T, int NJ, int CI>
 FD_ALWAYS_INLINE void dgrad_block(T* __restrict__ dst, int64_t plane, const T* __restrict__ w,
-                                  int64_t wstride_ci, int64_t K, const T* __restrict__ g,
-                                  int64_t Cout, int64_t Lpad) {
+                                  int64_t taps, int64_t K, const T* __restrict__ g,
+                                  int64_t Cout, int64_t Lpad, int64_t j) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
-  for (int64_t j = 0; j < Lpad; j += L) {
-    V acc[2][CI];
-    for (int h = 0; h < 2; ++h)
-      for (int i = 0; i < CI; ++i) acc[h][i] = V{};
-    int64_t c = 0;
-    for (; c + 2 <= Cout; c += 2) {
-      for (int h = 0; h < 2; ++h) {
-        const V gv = vload<V>(g + (c + h) * Lpad + j);
-        const T* wc = w + (c + h) * K;
-        for (int i = 0; i < CI; ++i) acc[h][i] += wc[i * wstride_ci] * gv;
+  constexpr int H = NJ * CI >= 8 ? 1 : 2;
+  V acc[H][NJ][CI];
+  for (int h = 0; h < H; ++h)
+    for (int q = 0; q < NJ; ++q)
+      for (int i = 0; i < CI; ++i) acc[h][q][i] = V{};
+  int64_t c = 0;
+  for (; c + H <= Cout; c += H) {
+    for (int h = 0; h < H; ++h) {
+      const T* gc = g + (c + h) * Lpad + j;
+      const T* wc = w + (c + h) * K;
+      V gv[NJ];
+      for (int q = 0; q < NJ; ++q) gv[q] = vload<V>(gc + q * L);
+      for (int i = 0; i < CI; ++i) {
+        const T wi = wc[i * taps];
+        for (int q = 0; q < NJ; ++q) acc[h][q][i] += wi * gv[q];
       }
     }
-    if (c < Cout) {
-      const V gv = vload<V>(g + c * Lpad + j);
-      const T* wc = w + c * K;
-      for (int i = 0; i < CI; ++i) acc[0][i] += wc[i * wstride_ci] * gv;
-    }
-    for (int i = 0; i < CI; ++i) {
-      T* d = dst + i * plane + j;
-      vstore(d, vload<V>(d) + (acc[0][i] + acc[1][i]));
+  }
+  for (; c < Cout; ++c) {
+    const T* gc = g + c * Lpad + j;
+    const T* wc = w + c * K;
+    for (int q = 0; q < NJ; ++q) {
+      const V gv = vload<V>(gc + q * L);
+      for (int i = 0; i < CI; ++i) acc[0][q][i] += wc[i * taps] * gv;
     }
   }
+  for (int i = 0; i < CI; ++i) {
+    for (int q = 0; q < NJ; ++q) {
+      V sum = acc[0][q][i];
+      for (int h = 1; h < H; ++h) sum += acc[h][q][i];
+      T* d = dst + i * plane + j + q * L;
+      vstore(d, vload<V>(d) + sum);
+    }
+  }
+}
+
+// All positions of one tap for CI input channels: blocks of two vectors, then one.
+template <typename T, int CI>
+FD_ALWAYS_INLINE void dgrad_tap(T* dst, int64_t plane, const T* w, int64_t taps, int64_t K,
+                                const T* g, int64_t Cout, int64_t Lpad) {
+  constexpr int L = Vec<T>::kLanes;
+  int64_t j = 0;
+  for (; j + 2 * L <= Lpad; j += 2 * L)
+    dgrad_block<T, 2, CI>(dst, plane, w, taps, K, g, Cout, Lpad, j);
+  for (; j < Lpad; j += L) dgrad_block<T, 1, CI>(dst, plane, w, taps, K, g, Cout, Lpad, j);
 }
 
 template <typename T>
@@ -315,12 +340,14 @@ FD_ALWAYS_INLINE void dgrad_ci_body(T* dplane, int64_t plane, int64_t WR, int64_
       T* dst = dplane + ky * WR + kx;
       const T* wk = w + ky * KW + kx;
       int64_t ci = 0;
+      for (; ci + 6 <= Cin; ci += 6)
+        dgrad_tap<T, 6>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
       for (; ci + 4 <= Cin; ci += 4)
-        dgrad_block<T, 4>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+        dgrad_tap<T, 4>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
       for (; ci + 2 <= Cin; ci += 2)
-        dgrad_block<T, 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+        dgrad_tap<T, 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
       for (; ci < Cin; ++ci)
-        dgrad_block<T, 1>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+        dgrad_tap<T, 1>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
     }
   }
 }
@@ -619,11 +646,12 @@ FD_CPU_CLONES double scatter_map(const double* grad, const uint8_t* code, int64_
 }
 
 
-// Images per parallel task: small calls (the ten-image inner steps) stay on one thread, where a
-// parallel region would cost more than it saves.
+// Images per parallel task: at least ~2^20 multiply-adds (~10 us at one core's rate), so that
+// the ten-image inner steps still split across two threads while a parallel region (a few us)
+// stays small next to each task.
 int64_t image_grain(const ConvPoolDims& d, const Flat& f) {
   const int64_t per_image = d.B * d.Cout * d.K() * f.Lpad;  // multiply-adds
-  constexpr int64_t kMinWork = int64_t(1) << 23;
+  constexpr int64_t kMinWork = int64_t(1) << 20;
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(per_image, 1));
 }
 
@@ -734,13 +762,14 @@ void backward_kernel(const ConvPoolParams& p) {
   const int64_t pooled = d.HP * d.WP;
   const int64_t nw = d.B * d.Cout * K;
   const int64_t nb = d.B * d.Cout;
-  // Fixed by N alone (deterministic for any thread count); >= 8 images per chunk so that the
-  // per-chunk partials stay small next to the work.
+  // Fixed by N alone (deterministic for any thread count); >= 4 images per chunk so that the
+  // per-chunk partials stay small next to the work, and two chunks from 8 images on, so that
+  // the ten-image inner steps split across two threads.
   // Partials of one chunk: nw * lanes values; all chunks together stay within ~32 MB.
   const int64_t chunk_bytes = nw * lanes * static_cast<int64_t>(sizeof(T));
   const int64_t by_memory = (int64_t(32) << 20) / std::max<int64_t>(1, chunk_bytes);
   const int64_t chunks =
-      std::max<int64_t>(1, std::min<int64_t>({d.N / 8, kMaxChunks, by_memory}));
+      std::max<int64_t>(1, std::min<int64_t>({d.N / 4, kMaxChunks, by_memory}));
   std::vector<T> part_w(need_w ? static_cast<size_t>(chunks * nw * lanes) : 0, T(0));
   std::vector<T> part_b(need_b ? static_cast<size_t>(chunks * nb) : 0, T(0));
   const int64_t grain = std::max<int64_t>(1, image_grain(d, f) * chunks / std::max<int64_t>(d.N, 1));

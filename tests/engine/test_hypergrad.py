@@ -133,6 +133,21 @@ def test_engines_replay_dropout_masks():
     assert rel(other.grad_data, u.grad_data) > 1e-3  # masks really differ with another seed
 
 
+@pytest.mark.parametrize("engine", ["adjoint", "unroll"])
+def test_seeded_steps_leave_the_callers_generator_alone(engine):
+    model = FlatModel(DropoutMLP().double())
+    w0 = torch.randn(1, model.num_params, dtype=torch.float64) * 0.3
+    data = torch.randn(2, 5, 1, 4, 4, dtype=torch.float64)
+    labels = torch.eye(3, dtype=torch.float64)[torch.arange(5) % 3].expand(2, 5, 3).clone()
+    raw = torch.full((4,), -1.0, dtype=torch.float64)
+    rx, ry = torch.randn(8, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    hypergradient(model, w0, data, labels, raw, rx, ry, engine=engine, rng_seed=11)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_batched_nets_equal_nets_one_by_one():
     model, w0, data, labels, raw, rx, ry = make_problem("lenet", nets=3)
     batched = hypergradient(model, w0, data, labels, raw, rx, ry)

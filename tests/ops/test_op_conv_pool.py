@@ -18,6 +18,8 @@ SHAPES = [
     (2, 3, 1, 3, 8, 8, 7, 5, 5, 2, 2),
     (3, 2, 2, 1, 5, 6, 9, 1, 1, 0, 1),
     (1, 1, 1, 1, 2, 2, 1, 1, 1, 0, 0),
+    (9, 2, 1, 13, 7, 9, 3, 3, 3, 1, 1),  # input-gradient blocks of 6+6+1 channels, 2 chunks
+    (8, 1, 1, 11, 12, 12, 4, 3, 3, 0, 0),  # 6+4+1 channels, two-vector position blocks
 ]
 
 

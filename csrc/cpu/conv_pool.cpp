@@ -117,34 +117,6 @@ FD_ALWAYS_INLINE void corr_body(const T* __restrict__ plane, const int64_t* __re
   }
 }
 
-// dw[c*K + k] += sum_j g[c][j] * plane[off[k] + j] for COB channels (g rows Lpad apart).
-template <typename T, int COB, int NV>
-FD_ALWAYS_INLINE void wgrad_body(const T* __restrict__ plane, const int64_t* __restrict__ off,
-                                 int64_t K, const T* __restrict__ g, T* __restrict__ dw,
-                                 int64_t Lpad) {
-  using V = typename Vec<T>::type;
-  constexpr int L = Vec<T>::kLanes;
-  for (int64_t k = 0; k < K; ++k) {
-    const T* src = plane + off[k];
-    V acc[COB][NV];
-    for (int c = 0; c < COB; ++c)
-      for (int v = 0; v < NV; ++v) acc[c][v] = V{};
-    for (int64_t j0 = 0; j0 < Lpad; j0 += NV * L) {
-      V xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = vload<V>(src + j0 + v * L);
-      for (int c = 0; c < COB; ++c)
-        for (int v = 0; v < NV; ++v) acc[c][v] += vload<V>(g + c * Lpad + j0 + v * L) * xv[v];
-    }
-    for (int c = 0; c < COB; ++c) {
-      V s = acc[c][0];
-      for (int v = 1; v < NV; ++v) s += acc[c][v];
-      T t = 0;
-      for (int i = 0; i < L; ++i) t += s[i];
-      dw[c * K + k] += t;
-    }
-  }
-}
-
 // dplane[off[k] + j] += sum_c w[c*K + k] * g[c][j] over all Cout channels; eight independent
 // accumulator chains (the sum over c is latency-bound otherwise).
 template <typename T, int NV>
@@ -184,7 +156,7 @@ FD_ALWAYS_INLINE void dgrad_body(T* __restrict__ dplane, const int64_t* __restri
   }
 }
 
-// All n channels of a correlation / weight gradient in register blocks (8 or 4, 2, 1).
+// All n channels of a correlation in register blocks (8 or 4, 2, 1).
 template <typename T, int NV>
 FD_ALWAYS_INLINE void corr_all_body(const T* plane, const int64_t* off, int64_t K, const T* w,
                                     const T* bias, T* out, int64_t Lpad, int64_t n) {
@@ -199,19 +171,6 @@ FD_ALWAYS_INLINE void corr_all_body(const T* plane, const int64_t* off, int64_t 
     corr_body<T, 2, NV>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
   for (; c < n; ++c) corr_body<T, 1, NV>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
 }
-template <typename T, int NV>
-FD_ALWAYS_INLINE void wgrad_all_body(const T* plane, const int64_t* off, int64_t K, const T* g,
-                                     T* dw, int64_t Lpad, int64_t n) {
-  int64_t c = 0;
-  if (NV == 1) {
-    for (; c + 8 <= n; c += 8)
-      wgrad_body<T, 8, 1>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
-  }
-  for (; c + 4 <= n; c += 4) wgrad_body<T, 4, NV>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
-  for (; c + 2 <= n; c += 2) wgrad_body<T, 2, NV>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
-  for (; c < n; ++c) wgrad_body<T, 1, NV>(plane, off, K, g + c * Lpad, dw + c * K, Lpad);
-}
-
 // Weight gradient partials, kept as vectors (summed across lanes once per chunk of images, not
 // per image): dwv[c][k] += sum over vector blocks j of g[c][j] * plane[off[k] + j], for CB
 // channels (g rows Lpad apart, dwv rows K vectors apart) and KB taps. CB*KB accumulators, CB+KB
@@ -369,10 +328,6 @@ FD_CPU_CLONES void dgrad_ci(double* dplane, int64_t plane, int64_t WR, int64_t C
                                          int64_t n) {                                          \
     corr_all_body<T, NV>(plane, off, K, w, bias, out, Lpad, n);                                \
   }                                                                                            \
-  FD_CPU_CLONES void wgrad_all_##T##_##NV(const T* plane, const int64_t* off, int64_t K,      \
-                                          const T* g, T* dw, int64_t Lpad, int64_t n) {        \
-    wgrad_all_body<T, NV>(plane, off, K, g, dw, Lpad, n);                                      \
-  }                                                                                            \
   FD_CPU_CLONES void dgrad_##T##_##NV(T* dplane, const int64_t* off, int64_t K, const T* w,   \
                                       const T* g, int64_t Cout, int64_t Lpad) {                \
     dgrad_body<T, NV>(dplane, off, K, w, g, Cout, Lpad);                                       \
@@ -390,8 +345,6 @@ struct Kernels {
   int64_t JB;
   void corr(const T* plane, const int64_t* off, int64_t K, const T* w, const T* bias, T* out,
             int64_t Lpad, int64_t n) const;
-  void wgrad(const T* plane, const int64_t* off, int64_t K, const T* g, T* dw, int64_t Lpad,
-             int64_t n) const;
   void dgrad(T* dplane, const int64_t* off, int64_t K, const T* w, const T* g, int64_t Cout,
              int64_t Lpad) const;
 };
@@ -403,15 +356,6 @@ struct Kernels {
       corr_all_##T##_1(plane, off, K, w, bias, out, Lpad, n);                                  \
     } else {                                                                                   \
       corr_all_##T##_2(plane, off, K, w, bias, out, Lpad, n);                                  \
-    }                                                                                          \
-  }                                                                                            \
-  template <>                                                                                  \
-  void Kernels<T>::wgrad(const T* plane, const int64_t* off, int64_t K, const T* g, T* dw,     \
-                         int64_t Lpad, int64_t n) const {                                      \
-    if (nv == 1) {                                                                             \
-      wgrad_all_##T##_1(plane, off, K, g, dw, Lpad, n);                                        \
-    } else {                                                                                   \
-      wgrad_all_##T##_2(plane, off, K, g, dw, Lpad, n);                                        \
     }                                                                                          \
   }                                                                                            \
   template <>                                                                                  \

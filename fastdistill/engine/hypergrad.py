@@ -199,7 +199,8 @@ def _step_rng(seed: int | None, t: int, device: torch.device) -> Iterator[None]:
         yield
         return
     if device.type == "cuda":
-        gen = torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        gen = torch.cuda.default_generators[index]
     else:
         gen = torch.default_generator
     state = gen.get_state()

@@ -896,11 +896,13 @@ def _leave_process_group(finished: bool) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     # a lost peer: the command's own error line has already said so
-    if finished:
-        with contextlib.suppress(Exception):
-            dist.barrier()
     with contextlib.suppress(Exception):
-        dist.destroy_process_group()
+        if finished:
+            from fastdistill.distributed import leave_together
+
+            leave_together()
+        else:
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -186,3 +186,31 @@ def ordered_outer(
         return total[:b], total[b:].view_as(w)
 
     return outer
+
+
+def leave_together(timeout_s: float = 120.0) -> None:
+    """Leave the default process group only once every rank is done with it.
+
+    A gloo barrier can return on one rank while its own last message to a peer is still in
+    flight; a rank that then tears its group down closes the socket under that peer, whose
+    gloo thread aborts the process ("terminate called without an active exception"). After the
+    barrier each rank therefore checks in on the group's store (which no rank's gloo owns) and
+    waits for all the others before destroying its group.
+    """
+    import os
+    import time
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+        store = dist.distributed_c10d._get_default_store()
+        key = f"fastdistill/leave/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        world = dist.get_world_size()
+        deadline = time.monotonic() + timeout_s
+        count = store.add(key, 1)
+        while count < world and time.monotonic() < deadline:
+            time.sleep(0.005)
+            count = store.add(key, 0)
+    finally:
+        dist.destroy_process_group()

@@ -52,6 +52,7 @@ def _rank(rank: int, world: int, store: str, job: dict, out: str) -> None:
     from fastdistill import distiller as outer
     from fastdistill.data import load_image_dataset
     from fastdistill.distiller import Distiller
+    from fastdistill.distributed import leave_together
 
     torch.set_num_threads(1)
     # a file store: no rank hosts a server that its exit could take from the others' teardown
@@ -71,9 +72,10 @@ def _rank(rank: int, world: int, store: str, job: dict, out: str) -> None:
         if job.get("baselines"):
             result["baselines"] = _baselines(d)
         torch.save(result, os.path.join(out, f"r{rank}.pt"))
-        dist.barrier()  # leave together: gloo can abort a rank whose peer is still mid-exchange
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    leave_together()  # gloo can abort a rank whose peer is still mid-exchange
 
 
 def _baselines(d) -> dict[str, torch.Tensor]:

@@ -20,6 +20,8 @@ exchanged data, but float rounding then depends on the number of ranks. Only ran
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -197,9 +199,6 @@ def leave_together(timeout_s: float = 120.0) -> None:
     barrier each rank therefore checks in on the group's store (which no rank's gloo owns) and
     waits for all the others before destroying its group.
     """
-    import os
-    import time
-
     if not (dist.is_available() and dist.is_initialized()):
         return
     try:

@@ -96,6 +96,14 @@ TORCH_LIBRARY(fastdistill, m) {
   m.def(
       "conv_pool_backward(Tensor grad, Tensor x, Tensor w, Tensor code, int[2] padding, "
       "bool[3] output_mask) -> (Tensor dx, Tensor dw, Tensor db)");
+  // backward_tangent: backward and its tangent along (grad_t, x_t, w_t) in one call (the
+  //   adjoint's Hessian-vector products): dx_t = D(grad_t, w) + D(grad, w_t), dw_t =
+  //   Wg(grad_t, x) + Wg(grad, x_t), db_t = sum grad_t; mask = (dx, dx_t, db and db_t), dw and
+  //   dw_t always. x_t None: no input tangent.
+  m.def(
+      "conv_pool_backward_tangent(Tensor grad, Tensor grad_t, Tensor x, Tensor? x_t, Tensor w, "
+      "Tensor w_t, Tensor code, int[2] padding, bool[3] output_mask) -> (Tensor dx, Tensor dw, "
+      "Tensor db, Tensor dx_t, Tensor dw_t, Tensor db_t)");
   // The fused inner step / outer value-and-gradient of a sequential net of B nets (layers in
   //   `spec`, see csrc/cpu/seq_step.cpp): (value [B], g [B, P], hv [B, P], dx, dy); hv, dx, dy
   //   are the products with v (Hessian-vector, data and label mixed products) when v is given.

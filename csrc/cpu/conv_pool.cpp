@@ -685,6 +685,23 @@ void gather_kernel(const ConvPoolParams& p) {
 // ------------------------------------------------------------------------------ backward
 constexpr int64_t kMaxChunks = 32;  // weight-gradient partial sums (fixed: deterministic)
 
+// Copy the cropped padded planes of one image into dx ([Cin, H, W]).
+template <typename T>
+void crop_planes(T* dst, const T* dplane, const ConvPoolDims& d, const Flat& f) {
+  for (int64_t ci = 0; ci < d.Cin; ++ci) {
+    for (int64_t iy = 0; iy < d.H; ++iy) {
+      const int64_t r = iy + d.ph;
+      for (int64_t ix = 0; ix < d.W; ++ix) {
+        const int64_t cc = ix + d.pw;
+        dst[(ci * d.H + iy) * d.W + ix] =
+            (r < f.HR && cc < f.WR) ? dplane[ci * f.plane + r * f.WR + cc] : T(0);
+      }
+    }
+  }
+}
+
+// Backward, and with p.grad_t set also its tangent (backward_tangent), in one pass over the
+// images: each image's planes are filled and its gradients scattered once for both streams.
 template <typename T>
 void backward_kernel(const ConvPoolParams& p) {
   using acc_t = double;
@@ -701,39 +718,86 @@ void backward_kernel(const ConvPoolParams& p) {
   const T* grad = static_cast<const T*>(p.grad);
   const uint8_t* code = p.code;
   T* dx = static_cast<T*>(p.dx);
+  const bool tan = p.grad_t != nullptr;
+  const T* grad_t = static_cast<const T*>(p.grad_t);
+  const T* x_t = tan ? static_cast<const T*>(p.x_t) : nullptr;
+  T* dx_t = tan ? static_cast<T*>(p.dx_t) : nullptr;
   const bool need_w = p.dw != nullptr;
   const bool need_b = p.db != nullptr;
+  const bool need_wt = tan && p.dw_t != nullptr;
+  const bool need_bt = tan && p.db_t != nullptr;
   const int64_t pooled = d.HP * d.WP;
   const int64_t nw = d.B * d.Cout * K;
   const int64_t nb = d.B * d.Cout;
-  // Fixed by N alone (deterministic for any thread count); >= 4 images per chunk so that the
-  // per-chunk partials stay small next to the work, and two chunks from 8 images on, so that
-  // the ten-image inner steps split across two threads.
-  // Partials of one chunk: nw * lanes values; all chunks together stay within ~32 MB.
-  const int64_t chunk_bytes = nw * lanes * static_cast<int64_t>(sizeof(T));
-  const int64_t by_memory = (int64_t(32) << 20) / std::max<int64_t>(1, chunk_bytes);
+  const int64_t maps = tan ? 2 * d.Cout : d.Cout;  // scattered maps per image and net
+  // The tangent's input gradient D(grad_t, w) + D(grad, w_t) runs as one input-gradient pass
+  // over both scattered stacks [grad; grad_t] with the weights stacked to match, [w_t; w].
+  std::vector<T> w_pair;
+  if (dx_t != nullptr) {
+    const T* wt = static_cast<const T*>(p.w_t);
+    const int64_t per = d.Cout * K;
+    w_pair.resize(static_cast<size_t>(2 * nw));
+    for (int64_t bi = 0; bi < d.B; ++bi) {
+      std::copy(wt + bi * per, wt + (bi + 1) * per, w_pair.begin() + 2 * bi * per);
+      std::copy(w + bi * per, w + (bi + 1) * per, w_pair.begin() + (2 * bi + 1) * per);
+    }
+  }
+  auto input_grad = [&](T* dplane, const T* wb, const T* g, int64_t cout) {
+    if (d.Cin >= 2) {  // block input channels
+      dgrad_ci(dplane, f.plane, f.WR, d.Cin, d.KH, d.KW, wb, g, cout, f.Lpad);
+    } else {  // one input channel: block output channels
+      kn.dgrad(dplane, off.data(), K, wb, g, cout, f.Lpad);
+    }
+  };
+  // Chunks fixed by N alone (deterministic for any thread count); >= 4 images per chunk so that
+  // the per-chunk partials stay small next to the work, and two chunks from 8 images on, so
+  // that the ten-image inner steps split across two threads. Each chunk sums its per-lane
+  // weight-gradient partials (nw * lanes values, in a buffer of its thread) into nw values;
+  // all chunks' partials together stay within ~32 MB.
+  const int64_t lane_bytes = nw * lanes * static_cast<int64_t>(sizeof(T));
+  const int64_t by_memory = (int64_t(32) << 20) / std::max<int64_t>(1, lane_bytes);
   const int64_t chunks =
       std::max<int64_t>(1, std::min<int64_t>({d.N / 4, kMaxChunks, by_memory}));
-  std::vector<T> part_w(need_w ? static_cast<size_t>(chunks * nw * lanes) : 0, T(0));
-  std::vector<T> part_b(need_b ? static_cast<size_t>(chunks * nb) : 0, T(0));
-  const int64_t grain = std::max<int64_t>(1, image_grain(d, f) * chunks / std::max<int64_t>(d.N, 1));
+  const int64_t streams_w = int64_t(need_w) + int64_t(need_wt);
+  const int64_t streams_b = int64_t(need_b) + int64_t(need_bt);
+  std::vector<T> part_w(static_cast<size_t>(chunks * nw * streams_w), T(0));
+  std::vector<T> part_b(static_cast<size_t>(chunks * nb * streams_b), T(0));
+  T* part_dw = need_w ? part_w.data() : nullptr;
+  T* part_dwt = need_wt ? part_w.data() + (need_w ? chunks * nw : 0) : nullptr;
+  T* part_db = need_b ? part_b.data() : nullptr;
+  T* part_dbt = need_bt ? part_b.data() + (need_b ? chunks * nb : 0) : nullptr;
+  const int64_t work = tan ? 3 : 1;  // correlations per image, relative to one backward
+  const int64_t grain = std::max<int64_t>(
+      1, image_grain(d, f) * chunks / std::max<int64_t>(d.N * work, 1));
   at::parallel_for(0, chunks, grain, [&](int64_t ch0, int64_t ch1) {
-    std::vector<T> plane(need_w ? static_cast<size_t>(f.buf) : 0);
+    const bool fill_x = need_w || need_wt;
+    std::vector<T> plane(fill_x ? static_cast<size_t>(f.buf) : 0);
+    std::vector<T> plane_t(need_wt && x_t != nullptr ? static_cast<size_t>(f.buf) : 0);
     std::vector<T> dplane(dx != nullptr ? static_cast<size_t>(f.buf) : 0);
+    std::vector<T> dplane_t(dx_t != nullptr ? static_cast<size_t>(f.buf) : 0);
+    std::vector<T> lane_w(need_w ? static_cast<size_t>(nw * lanes) : 0);
+    std::vector<T> lane_wt(need_wt ? static_cast<size_t>(nw * lanes) : 0);
     // Zeroed once: the scatter rewrites every window position of every map, and zeros the
-    // columns it runs over; 4 vectors of slack for its stores past the last row.
-    std::vector<T> gd(static_cast<size_t>(d.Cout * f.Lpad + 4 * lanes), T(0));
+    // columns it runs over; 4 vectors of slack for its stores past the last row. Maps in
+    // order: grad's Cout, then grad_t's.
+    std::vector<T> gd(static_cast<size_t>(maps * f.Lpad + 4 * lanes), T(0));
+    const T* gdt = gd.data() + d.Cout * f.Lpad;
     for (int64_t ch = ch0; ch < ch1; ++ch) {
-      T* pw = need_w ? part_w.data() + ch * nw * lanes : nullptr;  // per-lane partials
-      T* pb = need_b ? part_b.data() + ch * nb : nullptr;
+      std::fill(lane_w.begin(), lane_w.end(), T(0));
+      std::fill(lane_wt.begin(), lane_wt.end(), T(0));
+      T* pb = part_db != nullptr ? part_db + ch * nb : nullptr;
+      T* pbt = part_dbt != nullptr ? part_dbt + ch * nb : nullptr;
       for (int64_t n = ch * d.N / chunks; n < (ch + 1) * d.N / chunks; ++n) {
         for (int64_t bi = 0; bi < d.B; ++bi) {
           const int64_t g = d.G == 1 ? 0 : bi;
+          const int64_t in_off = (n * d.G + g) * d.Cin * d.H * d.W;
           const bool first_of_input = bi == 0 || d.G != 1;
-          if (need_w && first_of_input) {
-            fill_planes(plane.data(), x + (n * d.G + g) * d.Cin * d.H * d.W, d, f);
+          if (first_of_input) {
+            if (fill_x) fill_planes(plane.data(), x + in_off, d, f);
+            if (!plane_t.empty()) fill_planes(plane_t.data(), x_t + in_off, d, f);
+            if (dx != nullptr) std::fill(dplane.begin(), dplane.end(), T(0));
+            if (dx_t != nullptr) std::fill(dplane_t.begin(), dplane_t.end(), T(0));
           }
-          if (dx != nullptr && first_of_input) std::fill(dplane.begin(), dplane.end(), T(0));
           // Scatter the pooled gradients into the flattened conv-output layout.
           for (int64_t c = 0; c < d.Cout; ++c) {
             const int64_t base = ((n * d.B + bi) * d.Cout + c) * pooled;
@@ -741,61 +805,61 @@ void backward_kernel(const ConvPoolParams& p) {
                                      gd.data() + c * f.Lpad);
             if (pb != nullptr) pb[bi * d.Cout + c] += sb;
           }
-          {
-            const T* wb = w + bi * d.Cout * K;
-            if (need_w) {
-              T* dwb = pw + bi * d.Cout * K * lanes;
-              wgrad_vec(plane.data(), off.data(), K, gd.data(), dwb, f.Lpad, d.Cout);
-            }
-            if (dx != nullptr) {
-              if (d.Cin >= 2) {  // block input channels
-                dgrad_ci(dplane.data(), f.plane, f.WR, d.Cin, d.KH, d.KW, wb, gd.data(), d.Cout,
-                         f.Lpad);
-              } else {  // one input channel: block output channels
-                kn.dgrad(dplane.data(), off.data(), K, wb, gd.data(), d.Cout, f.Lpad);
-              }
+          for (int64_t c = 0; tan && c < d.Cout; ++c) {
+            const int64_t base = ((n * d.B + bi) * d.Cout + c) * pooled;
+            const T sb = scatter_map(grad_t + base, code + base, f.WR, d.HP, d.WP,
+                                     gd.data() + (d.Cout + c) * f.Lpad);
+            if (pbt != nullptr) pbt[bi * d.Cout + c] += sb;
+          }
+          const int64_t wo = bi * d.Cout * K;
+          if (need_w) {
+            wgrad_vec(plane.data(), off.data(), K, gd.data(), lane_w.data() + wo * lanes,
+                      f.Lpad, d.Cout);
+          }
+          if (need_wt) {
+            T* dst = lane_wt.data() + wo * lanes;
+            wgrad_vec(plane.data(), off.data(), K, gdt, dst, f.Lpad, d.Cout);
+            if (!plane_t.empty()) {
+              wgrad_vec(plane_t.data(), off.data(), K, gd.data(), dst, f.Lpad, d.Cout);
             }
           }
+          if (dx != nullptr) input_grad(dplane.data(), w + wo, gd.data(), d.Cout);
+          if (dx_t != nullptr) {
+            input_grad(dplane_t.data(), w_pair.data() + 2 * wo, gd.data(), 2 * d.Cout);
+          }
           const bool last_of_input = d.G != 1 || bi == d.B - 1;
-          if (dx != nullptr && last_of_input) {  // crop the padded planes into dx
-            T* dst = dx + (n * d.G + g) * d.Cin * d.H * d.W;
-            for (int64_t ci = 0; ci < d.Cin; ++ci) {
-              for (int64_t iy = 0; iy < d.H; ++iy) {
-                const int64_t r = iy + d.ph;
-                for (int64_t ix = 0; ix < d.W; ++ix) {
-                  const int64_t cc = ix + d.pw;
-                  dst[(ci * d.H + iy) * d.W + ix] =
-                      (r < f.HR && cc < f.WR) ? dplane[ci * f.plane + r * f.WR + cc] : T(0);
-                }
-              }
-            }
+          if (last_of_input) {  // crop the padded planes into dx
+            if (dx != nullptr) crop_planes(dx + in_off, dplane.data(), d, f);
+            if (dx_t != nullptr) crop_planes(dx_t + in_off, dplane_t.data(), d, f);
           }
         }
       }
+      // This chunk's per-lane partials summed across lanes (in lane order).
+      auto lane_sum = [&](const std::vector<T>& lw, T* out) {
+        for (int64_t i = 0; i < nw; ++i) {
+          const T* v = lw.data() + i * lanes;
+          T t = 0;
+          for (int64_t l = 0; l < lanes; ++l) t += v[l];
+          out[i] = t;
+        }
+      };
+      if (need_w) lane_sum(lane_w, part_dw + ch * nw);
+      if (need_wt) lane_sum(lane_wt, part_dwt + ch * nw);
     }
   });
   // Chunk partials added in chunk order (accumulated in double).
-  if (need_w) {
-    T* dw = static_cast<T*>(p.dw);
-    for (int64_t i = 0; i < nw; ++i) {
+  auto chunk_sum = [&](const T* part, int64_t n, void* out) {
+    T* dst = static_cast<T*>(out);
+    for (int64_t i = 0; i < n; ++i) {
       acc_t s = 0;
-      for (int64_t ch = 0; ch < chunks; ++ch) {
-        const T* v = part_w.data() + (ch * nw + i) * lanes;
-        T t = 0;
-        for (int64_t l = 0; l < lanes; ++l) t += v[l];
-        s += t;
-      }
-      dw[i] = static_cast<T>(s);
+      for (int64_t ch = 0; ch < chunks; ++ch) s += part[ch * n + i];
+      dst[i] = static_cast<T>(s);
     }
-  }
-  if (need_b) {
-    T* db = static_cast<T*>(p.db);
-    for (int64_t i = 0; i < nb; ++i) {
-      acc_t s = 0;
-      for (int64_t ch = 0; ch < chunks; ++ch) s += part_b[ch * nb + i];
-      db[i] = static_cast<T>(s);
-    }
-  }
+  };
+  if (need_w) chunk_sum(part_dw, nw, p.dw);
+  if (need_wt) chunk_sum(part_dwt, nw, p.dw_t);
+  if (need_b) chunk_sum(part_db, nb, p.db);
+  if (need_bt) chunk_sum(part_dbt, nb, p.db_t);
 }
 
 // ------------------------------------------------------------------------------ host code
@@ -838,12 +902,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_pool_backward_cpu(
   return std::make_tuple(c.dx, c.dw, c.db);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+conv_pool_backward_tangent_cpu(const at::Tensor& grad, const at::Tensor& grad_t,
+                               const at::Tensor& x, const std::optional<at::Tensor>& x_t,
+                               const at::Tensor& w, const at::Tensor& w_t, const at::Tensor& code,
+                               c10::IntArrayRef padding, std::array<bool, 3> mask) {
+  constexpr const char* op = "fastdistill::conv_pool_backward_tangent";
+  const ConvPoolDims d = conv_pool_dims(op, x, w, std::nullopt, padding, c10::DeviceType::CPU);
+  ConvPoolBackwardTangentCall c =
+      prepare_conv_pool_backward_tangent(op, d, grad, grad_t, x, x_t, w, w_t, code, mask);
+  if (!c.empty) {
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_pool_backward_tangent_cpu",
+                               [&] { backward_kernel<scalar_t>(c.p); });
+  }
+  return std::make_tuple(c.dx, c.dw, c.db, c.dx_t, c.dw_t, c.db_t);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdistill, CPU, m) {
   m.impl("conv_pool_forward", &conv_pool_forward_cpu);
   m.impl("conv_pool_gather", &conv_pool_gather_cpu);
   m.impl("conv_pool_backward", &conv_pool_backward_cpu);
+  m.impl("conv_pool_backward_tangent", &conv_pool_backward_tangent_cpu);
 }
 
 }  // namespace fastdistill

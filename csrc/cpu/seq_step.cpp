@@ -1,6 +1,6 @@
 // fastdistill::seq_step: the fused inner step (gradient, Hessian-vector products) or the outer
 // value-and-gradient of a sequential net, one C++ call per step instead of ~150 Python-level op
-// calls. Same math as fastdistill/engine/fused_step.py (which documents it and is the fallback):
+// calls. Same math as fastdistill/engine/fused/run.py (which documents it and is the fallback):
 // a primal forward, the forward tangent along v, the loss gradient and its tangent, and one
 // backward sweep carrying the cotangent and its tangent. Layers: conv + 2x2 max pool (+ ReLU)
 // on the conv_pool kernels, flatten, linear, ReLU, tanh; B nets at once.
@@ -148,6 +148,16 @@ const c10::TypedOperatorHandle<BwdFn>& cp_backward() {
   return h;
 }
 
+using BwdTanFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
+    const Tensor&, const Tensor&, c10::IntArrayRef, std::array<bool, 3>);
+const c10::TypedOperatorHandle<BwdTanFn>& cp_backward_tangent() {
+  static const auto h = c10::Dispatcher::singleton()
+                            .findSchemaOrThrow("fastdistill::conv_pool_backward_tangent", "")
+                            .typed<BwdTanFn>();
+  return h;
+}
+
 std::optional<Tensor> opt(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
@@ -258,26 +268,24 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
   switch (l.type) {
     case LayerKind::ConvPool: {
       const bool has_b = l.b_off >= 0;
-      auto [d_in, gw, gb] = cp_backward().call(d, c.a, c.W, c.code, l.pad, {need_in, true, has_b});
-      out.g.emplace_back(l.w_off, gw);
-      if (has_b) out.g.emplace_back(l.b_off, gb);
-      if (need_in) out.d_in = d_in;
-      if (tan) {
-        auto [t_in, tgw, tgb] =
-            cp_backward().call(dd, c.a, c.W, c.code, l.pad, {need_tin, true, has_b});
-        const bool ad = c.ad.defined();
-        if (need_tin || ad) {
-          auto r2 = cp_backward().call(d, ad ? c.ad : c.a, c.V, c.code, l.pad,
-                                       {need_tin, ad, false});
-          const Tensor& t_in2 = std::get<0>(r2);
-          const Tensor& tgw2 = std::get<1>(r2);
-          if (ad) tgw.add_(tgw2);
-          if (need_tin) t_in.add_(t_in2);
-        }
-        out.hv.emplace_back(l.w_off, tgw);
-        if (has_b) out.hv.emplace_back(l.b_off, tgb);
-        if (need_tin) out.dd_in = t_in;
+      if (!tan) {
+        auto [d_in, gw, gb] =
+            cp_backward().call(d, c.a, c.W, c.code, l.pad, {need_in, true, has_b});
+        out.g.emplace_back(l.w_off, gw);
+        if (has_b) out.g.emplace_back(l.b_off, gb);
+        if (need_in) out.d_in = d_in;
+        break;
       }
+      auto [d_in, gw, gb, t_in, tgw, tgb] = cp_backward_tangent().call(
+          d, dd, c.a, opt(c.ad), c.W, c.V, c.code, l.pad, {need_in, need_tin, has_b});
+      out.g.emplace_back(l.w_off, gw);
+      out.hv.emplace_back(l.w_off, tgw);
+      if (has_b) {
+        out.g.emplace_back(l.b_off, gb);
+        out.hv.emplace_back(l.b_off, tgb);
+      }
+      if (need_in) out.d_in = d_in;
+      if (need_tin) out.dd_in = t_in;
       break;
     }
     case LayerKind::Flatten: {

@@ -24,7 +24,12 @@ from fastdistill.ops._backend import (
     set_backend,
     use_kernels,
 )
-from fastdistill.ops._conv_pool import conv_pool_backward, conv_pool_forward, conv_pool_gather
+from fastdistill.ops._conv_pool import (
+    conv_pool_backward,
+    conv_pool_backward_tangent,
+    conv_pool_forward,
+    conv_pool_gather,
+)
 from fastdistill.ops._inner_update import inner_update
 from fastdistill.ops._local_response_norm import local_response_norm
 from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
@@ -38,6 +43,7 @@ __all__ = [
     "backend_info",
     "choose",
     "conv_pool_backward",
+    "conv_pool_backward_tangent",
     "conv_pool_forward",
     "conv_pool_gather",
     "embedding_table_norms",

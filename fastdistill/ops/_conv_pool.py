@@ -9,9 +9,11 @@ winning positions. Layouts (``csrc/include/fastdistill/conv_pool.h``): ``x [N, G
 with ``G`` 1 (input shared by all nets) or ``B``, ``w [B, Cout, Cin, KH, KW]``, ``b [B, Cout]``,
 pooled tensors ``[N, B*Cout, HP, WP]``.
 
-Kernels on CPU and CUDA (float32/float64); the pure-PyTorch reference elsewhere. All three ops
-are differentiable to any order (their derivatives are each other), fake (meta) kernels make
-them traceable.
+Kernels on CPU and CUDA (float32/float64); the pure-PyTorch reference elsewhere. The first three
+ops are differentiable to any order (their derivatives are each other), fake (meta) kernels make
+them traceable. ``conv_pool_backward_tangent`` (the backward and its tangent in one pass, for
+the adjoint's Hessian-vector products) is a fused CPU kernel (three backward launches on CUDA)
+and not differentiable.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from fastdistill.ops import _backend, _library
 from fastdistill.ops._common import device_of
 from fastdistill.ops.reference import conv_pool as ref
 
-__all__ = ["conv_pool_backward", "conv_pool_forward", "conv_pool_gather"]
+__all__ = [
+    "conv_pool_backward",
+    "conv_pool_backward_tangent",
+    "conv_pool_forward",
+    "conv_pool_gather",
+]
 
 
 def _use_kernel(op: str, t: object) -> bool:
@@ -75,6 +82,31 @@ def conv_pool_backward(
     return tuple(t if m else None for t, m in zip(out, mask))  # type: ignore[return-value]
 
 
+def conv_pool_backward_tangent(
+    grad: Tensor,
+    grad_t: Tensor,
+    x: Tensor,
+    x_t: Tensor | None,
+    w: Tensor,
+    w_t: Tensor,
+    code: Tensor,
+    padding: Sequence[int],
+    output_mask: Sequence[bool] = (True, True, True),
+) -> tuple[Tensor, ...]:
+    """``conv_pool_backward`` and its tangent along ``(grad_t, x_t, w_t)``:
+    ``(dx, dw, db, dx_t, dw_t, db_t)`` with ``dx_t = D(grad_t, w) + D(grad, w_t)``,
+    ``dw_t = Wg(grad_t, x) + Wg(grad, x_t)``, ``db_t = sum grad_t`` (the window codes have no
+    tangent). ``output_mask`` is ``(dx, dx_t, both bias gradients)``; unmasked outputs come back
+    empty. One pass over the images on the CPU: each image's planes are filled and gradients
+    scattered once for both products, where three backward calls would repeat them."""
+    padding = [int(p) for p in padding]
+    mask = [bool(m) for m in output_mask]
+    args = (grad, grad_t, x, x_t, w, w_t, code, padding, mask)
+    if _use_kernel("conv_pool_backward_tangent", x):
+        return tuple(torch.ops.fastdistill.conv_pool_backward_tangent.default(*args))
+    return ref.conv_pool_backward_tangent(*args)
+
+
 # -- fake kernels and autograd formulas --------------------------------------------------------
 def _dims(op: str, x: Tensor, w: Tensor, b: Tensor | None, padding) -> ref.ConvPoolDims:
     torch._check(x.dim() == 4, lambda: f"{op}: `x` must be 4-D [N, G*Cin, H, W]")
@@ -110,6 +142,20 @@ def _backward_fake(grad, x, w, code, padding, output_mask):
         x.new_empty(x.shape if output_mask[0] else empty),
         x.new_empty(w.shape if output_mask[1] else empty),
         x.new_empty((w.shape[0], w.shape[1]) if output_mask[2] else empty),
+    )
+
+
+def _backward_tangent_fake(grad, grad_t, x, x_t, w, w_t, code, padding, output_mask):
+    _dims("fastdistill::conv_pool_backward_tangent", x, w, None, padding)
+    empty = (0,)
+    bias = (w.shape[0], w.shape[1]) if output_mask[2] else empty
+    return (
+        x.new_empty(x.shape if output_mask[0] else empty),
+        x.new_empty(w.shape),
+        x.new_empty(bias),
+        x.new_empty(x.shape if output_mask[1] else empty),
+        x.new_empty(w.shape),
+        x.new_empty(bias),
     )
 
 
@@ -187,6 +233,7 @@ def _register() -> None:
     lib.register_fake("fastdistill::conv_pool_forward")(_forward_fake)
     lib.register_fake("fastdistill::conv_pool_gather")(_gather_fake)
     lib.register_fake("fastdistill::conv_pool_backward")(_backward_fake)
+    lib.register_fake("fastdistill::conv_pool_backward_tangent")(_backward_tangent_fake)
     lib.register_autograd(
         "fastdistill::conv_pool_forward", _forward_backward, setup_context=_forward_setup
     )

@@ -30,6 +30,7 @@ OPS = (
     "conv_pool_forward",
     "conv_pool_gather",
     "conv_pool_backward",
+    "conv_pool_backward_tangent",
     "seq_step",
     "local_response_norm",
 )

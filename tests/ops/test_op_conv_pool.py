@@ -202,3 +202,88 @@ def test_invalid_codes_are_rejected_not_read(kernels, device, bad):
         with pytest.raises(ValueError, match=f"invalid value {bad} at flat index 5"):
             call()
         assert what
+
+
+def tangent_problem(shape, dtype, device):
+    x, w, _, pad = problem(shape, dtype, device)
+    _, code = ref.conv_pool_forward(x, w, None, pad, True)
+    grad = make(code.shape, dtype, device, seed=21)
+    grad_t = make(code.shape, dtype, device, seed=22)
+    x_t = make(x.shape, dtype, device, seed=23)
+    w_t = make(w.shape, dtype, device, seed=24)
+    return grad, grad_t, x, x_t, w, w_t, code, pad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("with_xt", [True, False])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_backward_tangent_matches_reference(kernels, device, dtype, with_xt, shape):
+    grad, grad_t, x, x_t, w, w_t, code, pad = tangent_problem(shape, dtype, device)
+    x_t = x_t if with_xt else None
+    for mask in ([True, True, True], [False, True, False], [True, False, True]):
+        got = kernels.conv_pool_backward_tangent(grad, grad_t, x, x_t, w, w_t, code, pad, mask)
+        want = ref.conv_pool_backward_tangent(grad, grad_t, x, x_t, w, w_t, code, pad, mask)
+        wanted = [mask[0], True, mask[2], mask[1], True, mask[2]]
+        for g, e, m in zip(got, want, wanted, strict=True):
+            if m:
+                assert g.shape == e.shape and rel(g, e) < tol(dtype)
+            else:
+                assert g.numel() == 0
+
+
+def test_backward_tangent_is_the_derivative_of_backward(kernels):
+    """The tangent outputs are the directional derivative of conv_pool_backward along
+    (grad_t, x_t, w_t), by forward-mode autograd through the reference (float64)."""
+    grad, grad_t, x, x_t, w, w_t, code, pad = tangent_problem(SHAPES[3], torch.float64, "cpu")
+
+    def bwd(g, xx, ww):
+        return ref.conv_pool_backward(g, xx, ww, code, pad, [True, True, True])
+
+    primal, tangent = torch.func.jvp(bwd, (grad, x, w), (grad_t, x_t, w_t))
+    got = kernels.conv_pool_backward_tangent(
+        grad, grad_t, x, x_t, w, w_t, code, pad, [True, True, True]
+    )
+    for g, e in zip(got, (*primal, *tangent), strict=True):
+        assert rel(g, e) < 1e-12
+
+
+def test_backward_tangent_wrapper_and_errors(kernels):
+    grad, grad_t, x, x_t, w, w_t, code, pad = tangent_problem(SHAPES[1], torch.float32, "cpu")
+    out = ops.conv_pool_backward_tangent(grad, grad_t, x, None, w, w_t, code, pad)
+    assert ops.last_backend("conv_pool_backward_tangent").backend == "kernel"
+    assert [t.shape for t in out] == [x.shape, w.shape, (3, 16), x.shape, w.shape, (3, 16)]
+    op = kernels.conv_pool_backward_tangent
+    with pytest.raises(ValueError, match="`grad_t` must have the same shape as `grad`"):
+        op(grad, grad_t[:1], x, None, w, w_t, code, pad, [True, True, True])
+    with pytest.raises(ValueError, match="`w_t` must have the same shape as `w`"):
+        op(grad, grad_t, x, None, w, w_t[:1], code, pad, [True, True, True])
+    with pytest.raises(ValueError, match="`x_t` must have the same shape as `x`"):
+        op(grad, grad_t, x, x_t[:1], w, w_t, code, pad, [True, True, True])
+    with pytest.raises(TypeError, match="`x_t` must have the same dtype"):
+        op(grad, grad_t, x, x_t.double(), w, w_t, code, pad, [True, True, True])
+    bad = code.clone()
+    bad.view(-1)[3] = 9
+    with pytest.raises(ValueError, match="invalid value 9 at flat index 3"):
+        op(grad, grad_t, x, x_t, w, w_t, bad, pad, [True, True, True])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_tangent_opcheck(kernels, device):
+    for dtype in DTYPES:
+        for shape in (SHAPES[2], SHAPES[1]):
+            grad, grad_t, x, x_t, w, w_t, code, pad = tangent_problem(shape, dtype, device)
+            for xt, mask in ((x_t, [True, True, True]), (None, [False, True, False])):
+                torch.library.opcheck(
+                    kernels.conv_pool_backward_tangent.default,
+                    (grad, grad_t, x, xt, w, w_t, code, pad, mask),
+                )
+
+
+def test_backward_tangent_meta(kernels):
+    x = torch.empty(7, 6, 10, 9, device="meta")
+    w = torch.empty(3, 4, 2, 3, 3, device="meta")
+    g = torch.empty(7, 12, 5, 3, device="meta")
+    code = torch.empty(7, 12, 5, 3, device="meta", dtype=torch.uint8)
+    out = kernels.conv_pool_backward_tangent(g, g, x, None, w, w, code, [1, 0], [False, True, True])
+    assert [tuple(t.shape) for t in out] == [(0,), w.shape, (3, 4), x.shape, w.shape, (3, 4)]

@@ -29,6 +29,9 @@ struct ConvPoolDims {
 // gather: out = conv(x, w) + b at each code position (0 where inactive).
 // backward: from grad at pooled positions (ignored where inactive):
 //   dx = d/dx (summed over nets if G = 1), dw = d/dw, db = d/db.
+// backward_tangent (CPU kernel): backward and its tangent along (grad_t, x_t, w_t) in one pass
+//   over the images (the codes are piecewise constant, so they have no tangent):
+//   dx_t = D(grad_t, w) + D(grad, w_t), dw_t = Wg(grad_t, x) + Wg(grad, x_t), db_t = sum grad_t.
 struct ConvPoolParams {
   ConvPoolDims d;
   DType dtype;
@@ -42,6 +45,13 @@ struct ConvPoolParams {
   void* dx;  // null = not wanted
   void* dw;
   void* db;
+  // backward_tangent's second stream (null in the other ops; x_t may be null: no input tangent)
+  const void* grad_t;
+  const void* x_t;
+  const void* w_t;
+  void* dx_t;
+  void* dw_t;
+  void* db_t;
   bool relu;
   void* scratch;  // CUDA backward: partial sums (accumulator type), scratch_elems of them
   int64_t scratch_elems;

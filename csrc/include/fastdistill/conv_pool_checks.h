@@ -110,4 +110,14 @@ inline void check_conv_pool_code(const char* op, const ConvPoolDims& d, const at
   }
 }
 
+// backward_tangent's tangent stream: grad_t like grad, w_t like w, x_t (optional) like x.
+inline void check_conv_pool_tangent(const char* op, const at::Tensor& grad,
+                                    const at::Tensor& grad_t, const at::Tensor& x,
+                                    const std::optional<at::Tensor>& x_t, const at::Tensor& w,
+                                    const at::Tensor& w_t) {
+  check_like(op, "grad_t", grad_t, "grad", grad, /*same_shape=*/true);
+  check_like(op, "w_t", w_t, "w", w, /*same_shape=*/true);
+  if (x_t.has_value() && x_t->defined()) check_like(op, "x_t", *x_t, "x", x, /*same_shape=*/true);
+}
+
 }  // namespace fastdistill

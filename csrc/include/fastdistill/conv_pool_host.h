@@ -126,4 +126,59 @@ inline ConvPoolBackwardCall prepare_conv_pool_backward(const char* op, const Con
   return c;
 }
 
+// backward_tangent: the primal backward's tensors plus the tangent stream. mask = (dx, dx_t,
+// biases); dw and dw_t are always computed. x_t may be undefined (no input tangent).
+struct ConvPoolBackwardTangentCall {
+  at::Tensor gc, gtc, xc, xtc, wc, wtc, cc, dx, dw, db, dx_t, dw_t, db_t;
+  ConvPoolParams p;
+  bool empty;
+};
+
+inline ConvPoolBackwardTangentCall prepare_conv_pool_backward_tangent(
+    const char* op, const ConvPoolDims& d, const at::Tensor& grad, const at::Tensor& grad_t,
+    const at::Tensor& x, const std::optional<at::Tensor>& x_t, const at::Tensor& w,
+    const at::Tensor& w_t, const at::Tensor& code, std::array<bool, 3> mask) {
+  check_conv_pool_code(op, d, code, x, &grad);
+  check_conv_pool_tangent(op, grad, grad_t, x, x_t, w, w_t);
+  const bool has_xt = x_t.has_value() && x_t->defined();
+  ConvPoolBackwardTangentCall c;
+  c.gc = grad.contiguous();
+  c.gtc = grad_t.contiguous();
+  c.xc = x.contiguous();
+  if (has_xt) c.xtc = x_t->contiguous();
+  c.wc = w.contiguous();
+  c.wtc = w_t.contiguous();
+  c.cc = code.contiguous();
+  const auto opts = x.options();
+  auto out = [&](bool want, c10::IntArrayRef shape) {
+    return want ? at::empty(shape, opts) : at::empty({0}, opts);
+  };
+  c.dx = out(mask[0], x.sizes());
+  c.dx_t = out(mask[1], x.sizes());
+  c.dw = at::empty(w.sizes(), opts);
+  c.dw_t = at::empty(w.sizes(), opts);
+  c.db = out(mask[2], {d.B, d.Cout});
+  c.db_t = out(mask[2], {d.B, d.Cout});
+  c.p = conv_pool_params(d, x);
+  c.empty = d.N == 0 || d.HP == 0 || d.WP == 0;
+  if (c.empty) {
+    for (at::Tensor* t : {&c.dx, &c.dw, &c.db, &c.dx_t, &c.dw_t, &c.db_t}) t->zero_();
+    return c;
+  }
+  c.p.grad = c.gc.const_data_ptr();
+  c.p.grad_t = c.gtc.const_data_ptr();
+  c.p.x = c.xc.const_data_ptr();
+  c.p.x_t = has_xt ? c.xtc.const_data_ptr() : nullptr;
+  c.p.w = c.wc.const_data_ptr();
+  c.p.w_t = c.wtc.const_data_ptr();
+  c.p.code = c.cc.const_data_ptr<uint8_t>();
+  c.p.dx = mask[0] ? c.dx.data_ptr() : nullptr;
+  c.p.dx_t = mask[1] ? c.dx_t.data_ptr() : nullptr;
+  c.p.dw = c.dw.data_ptr();
+  c.p.dw_t = c.dw_t.data_ptr();
+  c.p.db = mask[2] ? c.db.data_ptr() : nullptr;
+  c.p.db_t = mask[2] ? c.db_t.data_ptr() : nullptr;
+  return c;
+}
+
 }  // namespace fastdistill

@@ -557,21 +557,13 @@ class _ConvPool(_Layer):
             return d, dd, grads, tgrads
         B, has_b = run.B, self.conv.bias
         a, W, code, pad = ctx["a"], ctx["W"], ctx["code"], self.conv.padding
-        bwd = ops.conv_pool_backward
-        d_in, gw, gb = bwd(d, a, W, code, pad, [need_in, True, has_b])
+        if dd is None:
+            d_in, gw, gb = ops.conv_pool_backward(d, a, W, code, pad, [need_in, True, has_b])
+            return d_in, None, [gw.view(B, -1)] + ([gb] if has_b else []), []
+        d_in, gw, gb, t_in, tgw, tgb = ops.conv_pool_backward_tangent(
+            d, dd, a, ctx["ad"], W, ctx["V"], code, pad, [need_in, need_tin, has_b]
+        )
         grads = [gw.view(B, -1)] + ([gb] if has_b else [])
-        tgrads = []
-        dd_in = None
-        if dd is not None:
-            V, ad = ctx["V"], ctx["ad"]
-            t_in, tgw, tgb = bwd(dd, a, W, code, pad, [need_tin, True, has_b])
-            if need_tin or ad is not None:
-                src = ad if ad is not None else a
-                t_in2, tgw2, _ = bwd(d, src, V, code, pad, [need_tin, ad is not None, False])
-                if ad is not None:
-                    tgw = tgw.add_(tgw2)
-                if need_tin:
-                    t_in = t_in.add_(t_in2)
-            tgrads = [tgw.view(B, -1)] + ([tgb] if has_b else [])
-            dd_in = t_in if need_tin else None
+        tgrads = [tgw.view(B, -1)] + ([tgb] if has_b else [])
+        dd_in = t_in if need_tin else None
         return (d_in if need_in else None), dd_in, grads, tgrads

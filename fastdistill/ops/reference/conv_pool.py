@@ -18,6 +18,7 @@ __all__ = [
     "INACTIVE",
     "ConvPoolDims",
     "conv_pool_backward",
+    "conv_pool_backward_tangent",
     "conv_pool_dims",
     "conv_pool_forward",
     "conv_pool_gather",
@@ -176,3 +177,34 @@ def conv_pool_backward(
         dw.reshape(w.shape) if mask[1] else empty,
         db.reshape(d.B, d.Cout) if mask[2] else empty,
     )
+
+
+def conv_pool_backward_tangent(
+    grad: Tensor,
+    grad_t: Tensor,
+    x: Tensor,
+    x_t: Tensor | None,
+    w: Tensor,
+    w_t: Tensor,
+    code: Tensor,
+    padding: list[int],
+    output_mask: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``conv_pool_backward`` and its tangent along ``(grad_t, x_t, w_t)`` (the codes are
+    piecewise constant): ``(dx, dw, db, dx_t, dw_t, db_t)``. The backward is bilinear in
+    ``(grad, x)`` and ``(grad, w)``, so the tangent is a sum of backward passes. ``output_mask``
+    is ``(dx, dx_t, db and db_t)``; ``dw`` and ``dw_t`` are always computed."""
+    op = "fastdistill::conv_pool_backward_tangent"
+    conv_pool_dims(op, x, w, None, padding)
+    if grad_t.shape != grad.shape or w_t.shape != w.shape:
+        raise ValueError(f"{op}: `grad_t` must match `grad` and `w_t` must match `w`")
+    if x_t is not None and x_t.shape != x.shape:
+        raise ValueError(f"{op}: `x_t` must match `x`")
+    need_dx, need_dxt, need_b = (bool(m) for m in output_mask)
+    dx, dw, db = conv_pool_backward(grad, x, w, code, padding, [need_dx, True, need_b])
+    dx_t, dw_t, db_t = conv_pool_backward(grad_t, x, w, code, padding, [need_dxt, True, need_b])
+    if need_dxt:
+        dx_t = dx_t + conv_pool_backward(grad, x, w_t, code, padding, [True, False, False])[0]
+    if x_t is not None:
+        dw_t = dw_t + conv_pool_backward(grad, x_t, w, code, padding, [False, True, False])[1]
+    return dx, dw, db, dx_t, dw_t, db_t

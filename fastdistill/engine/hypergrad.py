@@ -126,6 +126,7 @@ def hypergradient(
             shared by ranks (``fastdistill.distributed.ordered_outer``).
     """
     _check_inputs(model, w0, data, labels, raw_lrs, real_x, real_y, label_kind)
+    ops.keep_freed_memory()  # once per process: no page faults re-paid every iteration
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     vector_bytes = w0.shape[0] * w0.shape[1] * w0.element_size()

@@ -32,6 +32,7 @@ from fastdistill.ops._conv_pool import (
 )
 from fastdistill.ops._inner_update import inner_update
 from fastdistill.ops._local_response_norm import local_response_norm
+from fastdistill.ops._malloc import keep_freed_memory, malloc_state
 from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
 from fastdistill.ops._seq_step import seq_step
 from fastdistill.ops._soft_label_loss import soft_label_loss
@@ -50,8 +51,10 @@ __all__ = [
     "extension_loaded",
     "get_backend",
     "inner_update",
+    "keep_freed_memory",
     "last_backend",
     "local_response_norm",
+    "malloc_state",
     "nearest_embedding",
     "reference",
     "runs_kernel",

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fastdistill.ops import _library
+from fastdistill.ops import _library, _malloc
 
 __all__ = [
     "BACKENDS",
@@ -74,7 +74,8 @@ def backend_info() -> dict[str, Any]:
     Keys: ``extension_loaded``, ``reason`` (why not loaded, else None), ``extension_path``,
     ``built_with_cuda``, ``cuda_archs`` (list), ``cuda_version_built``, ``torch_version_built``,
     ``torch_version``, ``cpu_parallel``, ``cuda_available``, ``forced_backend`` ("auto",
-    "kernels" or "reference"), ``kernel_devices`` (op -> device types with a kernel).
+    "kernels" or "reference"), ``kernel_devices`` (op -> device types with a kernel),
+    ``malloc`` (what ``keep_freed_memory`` did; None before the first hypergradient).
     """
     st = _library.state()
     build = st.build
@@ -91,6 +92,7 @@ def backend_info() -> dict[str, Any]:
         "cpu_parallel": build.get("cpu_parallel"),
         "cuda_available": torch.cuda.is_available(),
         "forced_backend": get_backend(),
+        "malloc": _malloc.malloc_state(),
         "kernel_devices": {
             op: sorted(k.lower() for k in keys) for op, keys in st.kernel_keys.items()
         },

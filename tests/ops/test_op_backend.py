@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 INFO_KEYS = {
     "extension_loaded",
+    "malloc",
     "reason",
     "extension_path",
     "built_with_cuda",

@@ -437,6 +437,7 @@ def _finish(
         "history": distiller.history,
         "best": distiller.best,
         "reached": distiller.reached,
+        "skipped_iterations": distiller.skipped,
         "dataset": distiller.data.describe(),
     }
     if controls is not None:

@@ -61,6 +61,9 @@ class DistillConfig:
     # ranks (torchrun): "ordered" gives the same set on any number of ranks (distributed.py)
     reduce: Literal["ordered", "allreduce"] = "ordered"
     rank_units: int | None = None  # units an iteration is cut into (None: nets, or 8 pieces)
+    # consecutive iterations with a non-finite outer loss or hypergradient (a draw of random
+    # nets that diverges inside the unroll) skipped, update and all, before the run stops
+    nonfinite_skips: int = 5
     # evaluation
     eval_nets: int = 200
     validation: float = 0.0  # fraction of the training set held out to keep the best set
@@ -128,6 +131,8 @@ class DistillConfig:
                 raise ValueError(f"stop_at is a validation accuracy in (0, 1], got {self.stop_at}")
             if self.validation == 0.0:
                 raise ValueError("stop_at needs a validation split: also set validation=0.1")
+        if self.nonfinite_skips < 0:
+            raise ValueError(f"nonfinite_skips must be >= 0, got {self.nonfinite_skips}")
         if self.validate_every < 1:
             raise ValueError(f"validate_every must be >= 1, got {self.validate_every}")
         if self.iterations is not None and self.iterations < 0:

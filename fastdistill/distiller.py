@@ -3,8 +3,9 @@
 One iteration: draw a real batch, draw the nets' initial weights (the fixed init, or fresh
 ones), compute the exact hypergradient with the chosen engine, step Adam; at the end of every
 pass over the real data, step the learning-rate schedule (after the optimiser, unlike the
-original code). A non-finite loss or gradient stops the run with a clear error and leaves the
-last good state in place. ``state_dict``/``save_checkpoint`` capture everything needed to
+original code). An iteration whose loss or gradient is not finite (an unlucky draw of random
+nets can diverge inside the unroll) is skipped: no update, a warning, the count kept; more than
+``nonfinite_skips`` in a row stop the run with a clear error and the last good state in place. ``state_dict``/``save_checkpoint`` capture everything needed to
 resume exactly: tensors, optimiser moments, schedule, RNG states and the data position.
 
 Checkpoints are written only at iteration boundaries: periodically, at the end, and when a
@@ -18,6 +19,7 @@ newest fails verification.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -62,6 +64,7 @@ from fastdistill.evaluate import Accuracy, evaluate_distilled
 from fastdistill.models import build_model_for
 from fastdistill.runlog import make_progress
 
+log = logging.getLogger("fastdistill.distiller")
 CHECKPOINT_FORMAT = "fastdistill.checkpoint/1"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -276,6 +279,8 @@ class Distiller:
         self.history: list[dict[str, float]] = []
         self.wall_time = 0.0
         self.smoothed_loss: float | None = None  # running mean of the outer loss (history)
+        self.skipped: list[int] = []  # iterations skipped for a non-finite loss or gradient
+        self.nonfinite_in_row = 0
         # Best set by validation accuracy (when config.validation > 0), restored by fit().
         self.best: dict[str, Any] | None = None
         self.best_tensors: dict[str, Tensor] = {}
@@ -400,10 +405,8 @@ class Distiller:
         else:
             grads, loss = self._hypergradient_ordered(w0, real_x, real_y, seed)
         if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
-            raise NonFiniteLossError(
-                f"non-finite outer loss ({loss}) or hypergradient at iteration {self.iteration}; "
-                "the distilled set keeps its last good values (lower lr or distill_lr)"
-            )
+            return self._skip_nonfinite(loss, epoch_ended)
+        self.nonfinite_in_row = 0
         for p, g in zip(self.params, grads):
             p.grad = g.to(p.dtype)
         self.optimizer.step()
@@ -417,6 +420,35 @@ class Distiller:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         return stats
+
+    def _skip_nonfinite(self, loss: float, epoch_ended: bool) -> dict[str, float]:
+        """The iteration's draws are spent and its update dropped, so the run goes on exactly as
+        a resumed one would; too many in a row mean divergence, not bad luck: stop."""
+        self.nonfinite_in_row += 1
+        limit = self.config.nonfinite_skips
+        if self.nonfinite_in_row > limit:
+            row = f"{self.nonfinite_in_row} iterations in a row" if limit else "it"
+            raise NonFiniteLossError(
+                f"non-finite outer loss ({loss}) or hypergradient at iteration {self.iteration} "
+                f"({row}; nonfinite_skips={limit}); the distilled set keeps its last good values "
+                "(lower lr or distill_lr)"
+            )
+        self.skipped.append(self.iteration)
+        log.warning(
+            "iteration %d: non-finite outer loss (%s) or hypergradient, update skipped "
+            "(%d in a row, %d in all; the run stops after %d in a row)",
+            self.iteration, loss, self.nonfinite_in_row, len(self.skipped), limit,
+        )  # fmt: skip
+        self.optimizer.zero_grad(set_to_none=True)
+        if epoch_ended:
+            self.scheduler.step()
+        self.iteration += 1
+        return {
+            "iteration": self.iteration,
+            "outer_loss": loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "skipped": 1.0,
+        }
 
     def fit(
         self,
@@ -494,12 +526,17 @@ class Distiller:
         self.wall_time += time.perf_counter() - t0
         loss = stats["outer_loss"]
         running = self.smoothed_loss
-        self.smoothed_loss = running = loss if running is None else 0.95 * running + 0.05 * loss
+        if math.isfinite(loss):  # a skipped iteration leaves the running mean alone
+            running = loss if running is None else 0.95 * running + 0.05 * loss
+            self.smoothed_loss = running
         if self.iteration % log_every == 0 or self.iteration == target:
-            self.history.append({**stats, "smoothed_loss": running, "wall_time": self.wall_time})
+            entry = {**stats, "smoothed_loss": running, "wall_time": self.wall_time}
+            if not math.isfinite(loss):
+                entry["outer_loss"] = None  # strict JSON in checkpoints and logs
+            self.history.append(entry)
         if bar is not None:
             bar.update(1)
-            if self.iteration % 10 == 0:
+            if self.iteration % 10 == 0 and running is not None:
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{stats['lr']:.2g}")
         if self.val_x is not None and (
             self.iteration % self.config.validate_every == 0 or self.iteration == target
@@ -653,6 +690,8 @@ class Distiller:
             "sampler": json_sampler,
             "best": self.best,
             "reached": self.reached,
+            "skipped": self.skipped,
+            "nonfinite_in_row": self.nonfinite_in_row,
         }
         return tensors, state
 
@@ -788,3 +827,5 @@ class Distiller:
         self.wall_time = state["wall_time"]
         self.history = state["history"]
         self.smoothed_loss = state.get("smoothed_loss")
+        self.skipped = list(state.get("skipped", []))
+        self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))

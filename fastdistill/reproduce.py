@@ -386,6 +386,7 @@ def _run_distill(config: DistillConfig, folder: Path, options: RunOptions) -> di
         "iterations": distiller.iteration,
         "distill_time_s": distiller.wall_time,
         "seconds_per_iteration": distiller.wall_time / max(1, distiller.iteration),
+        "skipped_iterations": distiller.skipped,
         "evaluation_time_s": time.perf_counter() - t0,
         "history": distiller.history,
     }

@@ -168,7 +168,7 @@ class MetricsLog:
             "iteration": it,
             "time_s": round(self.offset + time.perf_counter() - self.start, 4),
             "step_time_s": round(d.wall_time, 4),
-            "outer_loss": stats["outer_loss"],
+            "outer_loss": stats["outer_loss"] if math.isfinite(stats["outer_loss"]) else None,
             "smoothed_loss": d.smoothed_loss,
             "lr": stats["lr"],
             "inner_lrs": [float(v) for v in d.distilled.lrs.reshape(-1).tolist()],

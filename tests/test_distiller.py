@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -75,15 +77,65 @@ def test_schedule_steps_after_the_optimizer(digits):
     assert lrs_used[:4] == [0.01] * 4 and lrs_used[4] == 0.005 and lrs_used[9] == 0.0025
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_state(digits):
-    d = Distiller(tiny(), digits)
+def test_non_finite_iterations_are_skipped_then_stop_the_run(digits):
+    """A non-finite iteration drops its update (the set keeps its last good values) and the run
+    goes on; more than ``nonfinite_skips`` in a row stop it with the last good state."""
+    d = Distiller(tiny(nonfinite_skips=2), digits)
     d.fit(2, progress=False)
     good = _tensors(d)
+    lr = d.distilled.raw_lrs.detach().clone()
     with torch.no_grad():
         d.distilled.raw_lrs.fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match="iteration 2"):
+    for it in (2, 3):
+        stats = d.step()
+        assert stats["skipped"] == 1.0 and d.iteration == it + 1
+    assert d.skipped == [2, 3] and d.nonfinite_in_row == 2
+    with pytest.raises(NonFiniteLossError, match=r"iteration 4 \(3 iterations in a row"):
         d.step()
     assert torch.equal(d.distilled.data, good[0]) and torch.equal(d.distilled.labels, good[1])
+    with torch.no_grad():  # finite again: the run goes on and the count of the row restarts
+        d.distilled.raw_lrs.copy_(lr)
+    d.step()
+    assert d.nonfinite_in_row == 0 and d.skipped == [2, 3]
+
+
+def test_a_skipped_iteration_resumes_exactly(digits, tmp_path):
+    """Skips are part of the state: a run interrupted after one resumes bit-identical."""
+
+    def poisoned(d: Distiller) -> None:  # iteration 3's hypergradient is NaN, once
+        step = d._hypergradient_ordered
+
+        def once(w0, x, y, seed):
+            grads, loss = step(w0, x, y, seed)
+            return grads, (float("nan") if d.iteration == 3 else loss)
+
+        d._hypergradient_ordered = once
+
+    straight = Distiller(tiny(iterations=6), digits)
+    poisoned(straight)
+    straight.fit(progress=False)
+    assert straight.skipped == [3]
+    first = Distiller(tiny(iterations=6), digits)
+    poisoned(first)
+    first.fit(4, progress=False, checkpoint_path=tmp_path / "ckpt.safetensors")
+    resumed = Distiller(tiny(iterations=6), digits)
+    resumed.resume(tmp_path / "ckpt.safetensors")
+    assert resumed.skipped == [3]
+    resumed.fit(progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(straight), _tensors(resumed)))
+    assert math.isfinite(resumed.smoothed_loss)
+    logged = [h for h in resumed.history if h.get("skipped")]
+    assert all(h["outer_loss"] is None for h in logged)
+
+
+def test_nonfinite_skips_zero_stops_at_the_first(digits):
+    d = Distiller(tiny(nonfinite_skips=0), digits)
+    with torch.no_grad():
+        d.distilled.raw_lrs.fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="iteration 0 \\(it; nonfinite_skips=0\\)"):
+        d.step()
+    with pytest.raises(ValueError, match="nonfinite_skips must be >= 0"):
+        tiny(nonfinite_skips=-1)
 
 
 def test_hard_labels_stay_fixed_and_evaluation_runs(digits):

@@ -95,23 +95,38 @@ def test_interrupted_runs_resume_bit_identical(sig, interrupted_runs, reference_
               "bit-identical")  # fmt: skip
 
 
-def _torchrun(out, *extra: str, restarts: int = 1, kill: str | None = None):
+def _torchrun(out, *extra: str, restarts: int = 1, kill: str | None = None, rank_logs=False):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FASTDISTILL_DIST_TIMEOUT": "120"}
     env.pop("FASTDISTILL_TEST_KILL", None)
     if kill is not None:
         env["FASTDISTILL_TEST_KILL"] = kill
+    logs = Path(out).parent / "torchrun-logs"
+    # rank_logs: each rank's streams also go to files (the console copy gets rank prefixes)
+    tee = ["--log-dir", str(logs), "--tee", "3"] if rank_logs else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           f"--max-restarts={restarts}", str(Path(__file__).with_name("faulty_rank.py")),
+           f"--max-restarts={restarts}", *tee, str(Path(__file__).with_name("faulty_rank.py")),
            *distill_args(out, "--resume", "auto", *extra)]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+    proc.rank_logs = _rank_logs(logs) if rank_logs else proc.stderr[-3000:]  # type: ignore[attr-defined]
+    return proc
+
+
+def _rank_logs(logs: Path, tail: int = 2000) -> str:
+    """The end of every rank's stderr in every attempt (what an assertion shows on failure:
+    torchrun's own stderr interleaves the ranks and cuts them short)."""
+    parts = []
+    for f in sorted(logs.rglob("stderr.log")):
+        text = f.read_text(errors="replace")
+        parts.append(f"--- {f.relative_to(logs)} ---\n{text[-tail:]}")
+    return "\n".join(parts) or f"(no rank logs under {logs})"
 
 
 def test_a_rank_killed_under_torchrun_restarts_and_ends_bit_identical(reference_run, tmp_path):
     """Rank 1 is SIGKILLed as it starts iteration 6; torchrun restarts both ranks, they resume
     from rank 0's last checkpoint and end with the set, report and metrics of one process."""
     out = tmp_path / "run"
-    proc = _torchrun(out, kill="1:6", restarts=1)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun(out, kill="1:6", restarts=1, rank_logs=True)
+    assert proc.returncode == 0, proc.rank_logs
     assert "resumed from" in proc.stdout
     assert outputs(out) == outputs(reference_run)
 

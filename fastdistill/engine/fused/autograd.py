@@ -15,8 +15,9 @@ __all__ = ["autograd_inner_grad", "autograd_inner_hvp", "autograd_outer_value_an
 def autograd_inner_grad(
     model: FlatModel, w: Tensor, x: Tensor, y: Tensor, kind: LabelKind
 ) -> Tensor:
-    """``inner_grad`` by autograd (any model)."""
-    with torch.enable_grad():
+    """``inner_grad`` by autograd (any model). First order: a recurrent model may run torch's
+    fused RNN kernels (the same function; the forward sweep's steps of a Bi-LSTM ~2x faster)."""
+    with torch.enable_grad(), first_order():
         w_ = w.detach().requires_grad_()
         loss = inner_loss(model.forward(w_, x, train=True), y, kind).sum()
         (g,) = torch.autograd.grad(loss, w_)

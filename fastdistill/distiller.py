@@ -5,8 +5,9 @@ ones), compute the exact hypergradient with the chosen engine, step Adam; at the
 pass over the real data, step the learning-rate schedule (after the optimiser, unlike the
 original code). An iteration whose loss or gradient is not finite (an unlucky draw of random
 nets can diverge inside the unroll) is skipped: no update, a warning, the count kept; more than
-``nonfinite_skips`` in a row stop the run with a clear error and the last good state in place. ``state_dict``/``save_checkpoint`` capture everything needed to
-resume exactly: tensors, optimiser moments, schedule, RNG states and the data position.
+``nonfinite_skips`` in a row stop the run with a clear error and the last good state in place.
+``state_dict``/``save_checkpoint`` capture everything needed to resume exactly: tensors,
+optimiser moments, schedule, RNG states and the data position.
 
 Checkpoints are written only at iteration boundaries: periodically, at the end, and when a
 SIGINT/SIGTERM asks the run to stop (the handler sets a flag; the iteration in progress
@@ -404,12 +405,14 @@ class Distiller:
             grads, loss = self._hypergradient_allreduce(w0, real_x, real_y, seed)
         else:
             grads, loss = self._hypergradient_ordered(w0, real_x, real_y, seed)
-        if not math.isfinite(loss) or not all(torch.isfinite(g).all() for g in grads):
-            return self._skip_nonfinite(loss, epoch_ended)
-        self.nonfinite_in_row = 0
-        for p, g in zip(self.params, grads):
-            p.grad = g.to(p.dtype)
-        self.optimizer.step()
+        finite = math.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+        if finite:
+            self.nonfinite_in_row = 0
+            for p, g in zip(self.params, grads):
+                p.grad = g.to(p.dtype)
+            self.optimizer.step()
+        else:  # the draws are spent, the update dropped: the run goes on as a resumed one would
+            self._skip_nonfinite(loss)
         self.optimizer.zero_grad(set_to_none=True)
         if epoch_ended:
             self.scheduler.step()
@@ -419,11 +422,12 @@ class Distiller:
             "outer_loss": loss,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        if not finite:
+            stats["skipped"] = 1.0
         return stats
 
-    def _skip_nonfinite(self, loss: float, epoch_ended: bool) -> dict[str, float]:
-        """The iteration's draws are spent and its update dropped, so the run goes on exactly as
-        a resumed one would; too many in a row mean divergence, not bad luck: stop."""
+    def _skip_nonfinite(self, loss: float) -> None:
+        """Count a non-finite iteration; too many in a row mean divergence, not bad luck: stop."""
         self.nonfinite_in_row += 1
         limit = self.config.nonfinite_skips
         if self.nonfinite_in_row > limit:
@@ -439,16 +443,6 @@ class Distiller:
             "(%d in a row, %d in all; the run stops after %d in a row)",
             self.iteration, loss, self.nonfinite_in_row, len(self.skipped), limit,
         )  # fmt: skip
-        self.optimizer.zero_grad(set_to_none=True)
-        if epoch_ended:
-            self.scheduler.step()
-        self.iteration += 1
-        return {
-            "iteration": self.iteration,
-            "outer_loss": loss,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "skipped": 1.0,
-        }
 
     def fit(
         self,

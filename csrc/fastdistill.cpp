@@ -110,6 +110,10 @@ TORCH_LIBRARY(fastdistill, m) {
   m.def(
       "seq_step(Tensor w, Tensor? v, Tensor x, Tensor y, int[] spec, str loss, bool need_dx, "
       "bool need_dy) -> (Tensor value, Tensor g, Tensor hv, Tensor dx, Tensor dy)");
+  // Batched product of small matrices (the fused step's linear layers): (acc, else bias [B, N] on
+  //   every row, else 0) + a [B, M, K] @ m [B, K, N]; register-blocked CPU kernels where the
+  //   product is small, ATen otherwise (csrc/cpu/small_gemm.cpp).
+  m.def("small_bmm(Tensor a, Tensor m, Tensor? bias, Tensor? acc) -> Tensor");
   // Local response normalisation across channels of input [N, C, ...] (torch's
   //   local_response_norm: y = x / (k + alpha / size * sum of x^2 over the channel window)^beta)
   //   and its vector-Jacobian product (grad [N, C, ...] -> d/dinput).

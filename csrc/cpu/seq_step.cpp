@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "fastdistill/layer_kinds.h"
+#include "fastdistill/small_gemm.h"
 
 namespace fastdistill {
 namespace {
@@ -162,10 +163,31 @@ std::optional<Tensor> opt(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
 
+// Batched products of the linear layers: the register-blocked CPU kernels for the small ones
+// (per-step batches; a library GEMM call costs several times their arithmetic), ATen otherwise.
+// a @ m (+ bias [B, N] on every row), new tensor.
+Tensor bmm_new(const Tensor& a, const Tensor& m, const Tensor& bias) {
+  Tensor out = at::empty({a.size(0), a.size(1), m.size(2)}, a.options());
+  if (small_bmm_into(out, a, m, bias, false)) return out;
+  return bias.defined() ? at::baddbmm(bias.unsqueeze(1), a, m) : at::bmm(a, m);
+}
+// out (+)= a @ m, out any [B, M, N] view with unit column stride (e.g. inside the flat gradient).
+void bmm_into(const Tensor& out, const Tensor& a, const Tensor& m, bool accumulate) {
+  if (small_bmm_into(out, a, m, Tensor(), accumulate)) return;
+  if (accumulate) {
+    out.baddbmm_(a, m);
+  } else {
+    out.copy_(at::bmm(a, m));
+  }
+}
+// out = d summed over its rows (the bias gradient), out a [B, N] view.
+void row_sum_into(Tensor out, const Tensor& d) { at::sum_out(out, d, 1); }
+
 struct Run {
   int64_t B;
   Tensor w, v;
   bool hvp;
+  Tensor g, hv;  // [B, P] outputs: the gradient and the Hessian-vector product
 };
 
 // ------------------------------------------------------------------------------- layers
@@ -201,12 +223,8 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
                         op, ": linear layer on a non-flat activation");
       c.W = pview(r.w, l.w_off, l.wshape);
       c.a3 = layout == Layout::kShared ? a.expand({r.B, a.size(0), a.size(1)}) : a;
-      if (l.b_off >= 0) {
-        c.b = pview(r.w, l.b_off, {l.wshape[0]});
-        a = at::baddbmm(c.b.unsqueeze(1), c.a3, c.W.transpose(1, 2));
-      } else {
-        a = at::bmm(c.a3, c.W.transpose(1, 2));
-      }
+      if (l.b_off >= 0) c.b = pview(r.w, l.b_off, {l.wshape[0]});
+      a = bmm_new(c.a3, c.W.transpose(1, 2), c.b);
       layout = Layout::kDense;
       break;
     }
@@ -237,14 +255,9 @@ Tensor tangent(const Run& r, const Layer& l, Ctx& c, const Tensor& ad) {
       return c.layout_in == Layout::kShared ? ad.flatten(1) : ad;
     case LayerKind::Linear: {
       c.V = pview(r.v, l.w_off, l.wshape);
-      Tensor t;
-      if (l.b_off >= 0) {
-        c.vb = pview(r.v, l.b_off, {l.wshape[0]});
-        t = at::baddbmm(c.vb.unsqueeze(1), c.a3, c.V.transpose(1, 2));
-      } else {
-        t = at::bmm(c.a3, c.V.transpose(1, 2));
-      }
-      if (ad.defined()) t = at::baddbmm(t, ad, c.W.transpose(1, 2));
+      if (l.b_off >= 0) c.vb = pview(r.v, l.b_off, {l.wshape[0]});
+      Tensor t = bmm_new(c.a3, c.V.transpose(1, 2), c.vb);
+      if (ad.defined()) bmm_into(t, ad, c.W.transpose(1, 2), true);
       return t;
     }
     case LayerKind::ReLU:
@@ -297,17 +310,17 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
       if (tan && need_tin) out.dd_in = back(dd);
       break;
     }
-    case LayerKind::Linear: {
+    case LayerKind::Linear: {  // weight and bias gradients written straight into g and hv
       const bool has_b = l.b_off >= 0;
       const Tensor dT = d.transpose(1, 2);
-      out.g.emplace_back(l.w_off, at::bmm(dT, c.a3));
-      if (has_b) out.g.emplace_back(l.b_off, d.sum(1));
-      if (need_in) out.d_in = at::bmm(d, c.W);
+      bmm_into(pview(r.g, l.w_off, l.wshape), dT, c.a3, false);
+      if (has_b) row_sum_into(r.g.narrow(1, l.b_off, l.wshape[0]), d);
+      if (need_in) out.d_in = bmm_new(d, c.W, Tensor());
       if (tan) {
-        Tensor gw = at::bmm(dd.transpose(1, 2), c.a3);
-        if (c.ad.defined()) gw = at::baddbmm(gw, dT, c.ad);
-        out.hv.emplace_back(l.w_off, gw);
-        if (has_b) out.hv.emplace_back(l.b_off, dd.sum(1));
+        const Tensor hw = pview(r.hv, l.w_off, l.wshape);
+        bmm_into(hw, dd.transpose(1, 2), c.a3, false);
+        if (c.ad.defined()) bmm_into(hw, dT, c.ad, true);
+        if (has_b) row_sum_into(r.hv.narrow(1, l.b_off, l.wshape[0]), dd);
         if (need_tin) {
           if (c.layout_in == Layout::kShared) {  // the shared input: sum over nets
             const int64_t N = d.size(1), K = d.size(2);
@@ -315,7 +328,8 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
             const Tensor wv = at::cat({c.W, c.V}, 1).reshape({B * 2 * K, c.W.size(2)});
             out.dd_in = at::mm(both, wv);
           } else {
-            out.dd_in = at::baddbmm(at::bmm(dd, c.W), d, c.V);
+            out.dd_in = bmm_new(dd, c.W, Tensor());
+            bmm_into(out.dd_in, d, c.V, true);
           }
         }
       }
@@ -418,8 +432,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_step(
   TORCH_CHECK_VALUE(layout == Layout::kDense, op, ": the net must end in flat [N, K] logits");
   LossOut lo = loss_grads(a, y, kind, ad, need_dy);
 
-  Tensor g = at::empty(w.sizes(), w.options());
-  Tensor hv = r.hvp ? at::empty(w.sizes(), w.options()) : w.new_empty({0});
+  r.g = at::empty(w.sizes(), w.options());
+  r.hv = r.hvp ? at::empty(w.sizes(), w.options()) : w.new_empty({0});
+  Tensor& g = r.g;
+  Tensor& hv = r.hv;
   const int64_t B = r.B;
   Tensor d = lo.d, dd = lo.dd;
   for (int64_t i = static_cast<int64_t>(layers.size()) - 1; i >= 0; --i) {

@@ -35,6 +35,7 @@ from fastdistill.ops._local_response_norm import local_response_norm
 from fastdistill.ops._malloc import keep_freed_memory, malloc_state
 from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
 from fastdistill.ops._seq_step import seq_step
+from fastdistill.ops._small_bmm import small_bmm
 from fastdistill.ops._soft_label_loss import soft_label_loss
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "runs_kernel",
     "seq_step",
     "set_backend",
+    "small_bmm",
     "soft_label_loss",
     "use_kernels",
 ]

@@ -32,6 +32,7 @@ OPS = (
     "conv_pool_backward",
     "conv_pool_backward_tangent",
     "seq_step",
+    "small_bmm",
     "local_response_norm",
 )
 

@@ -16,6 +16,7 @@ from fastdistill.ops.reference.local_response_norm import (
 )
 from fastdistill.ops.reference.nearest_embedding import embedding_table_norms, nearest_embedding
 from fastdistill.ops.reference.seq_step import seq_step
+from fastdistill.ops.reference.small_bmm import small_bmm
 from fastdistill.ops.reference.soft_label_loss import (
     soft_label_loss,
     soft_label_loss_backward,
@@ -30,6 +31,7 @@ __all__ = [
     "local_response_norm_backward",
     "nearest_embedding",
     "seq_step",
+    "small_bmm",
     "soft_label_loss",
     "soft_label_loss_backward",
     "soft_label_loss_double_backward",

@@ -63,3 +63,32 @@ def check_adjoint_update(v: Tensor, hv: Tensor, g: Tensor, raw_lr: Tensor) -> No
     check_like(op, "g", g, "v", v, same_shape=True)
     check_like(op, "raw_lr", raw_lr, "v", v, same_shape=False)
     check_scalar(op, "raw_lr", raw_lr)
+
+
+def check_small_bmm(a: Tensor, m: Tensor, bias: Tensor | None, acc: Tensor | None) -> None:
+    op = "fastdistill::small_bmm"
+    check_reference_arg(op, "a", a)
+    check_like(op, "m", m, "a", a, same_shape=False)
+    if a.dim() != 3 or m.dim() != 3:
+        raise ValueError(
+            f"{op}: `a` [B, M, K] and `m` [B, K, N] must be 3-D, got {list(a.shape)} and "
+            f"{list(m.shape)}"
+        )
+    if m.shape[0] != a.shape[0] or m.shape[1] != a.shape[2]:
+        raise ValueError(
+            f"{op}: `m` must be [B, K, N] = [{a.shape[0]}, {a.shape[2]}, N] for `a` "
+            f"{list(a.shape)}, got {list(m.shape)}"
+        )
+    b, rows, cols = a.shape[0], a.shape[1], m.shape[2]
+    if bias is not None and acc is not None:
+        raise ValueError(f"{op}: give `bias` or `acc`, not both")
+    if acc is not None:
+        check_like(op, "acc", acc, "a", a, same_shape=False)
+        if list(acc.shape) != [b, rows, cols]:
+            raise ValueError(
+                f"{op}: `acc` must be [B, M, N] = [{b}, {rows}, {cols}], got {list(acc.shape)}"
+            )
+    if bias is not None:
+        check_like(op, "bias", bias, "a", a, same_shape=False)
+        if list(bias.shape) != [b, cols]:
+            raise ValueError(f"{op}: `bias` must be [B, N] = [{b}, {cols}], got {list(bias.shape)}")

@@ -42,9 +42,33 @@ struct Operands {
   const T* bias;  // [N] with unit stride, or nullptr
   int64_t M, N, K;
   bool accumulate;
-  const T* a_tail = nullptr;  // dot kernel, K % L != 0: this block's rows' last K % L, padded
-  const T* m_tail = nullptr;  // ... and every column's
+  // Zero-padded copies of m's last columns / k's, packed once per batch entry (pack_tail):
+  // broadcast kernel, N % L != 0: K x L tail columns, then the L-padded bias tail;
+  // dot kernel, K % L != 0: N x L, each column's last K % L.
+  const T* m_tail = nullptr;
 };
+
+// Pack o's tail (see Operands::m_tail) into buf; o.m_tail is left null when there is none.
+template <typename T>
+void pack_tail(Operands<T>& o, bool dot, std::vector<T>& buf) {
+  constexpr int L = Vec<T>::kLanes;
+  if (dot) {
+    const int64_t k0 = o.K / L * L, kt = o.K - k0;
+    if (kt == 0) return;
+    buf.assign(static_cast<size_t>(o.N * L), T(0));
+    for (int64_t n = 0; n < o.N; ++n)
+      for (int64_t i = 0; i < kt; ++i) buf[n * L + i] = o.m[n * o.smn + k0 + i];
+  } else {
+    const int64_t n0 = o.N / L * L, nt = o.N - n0;
+    if (nt == 0) return;
+    buf.assign(static_cast<size_t>((o.K + 1) * L), T(0));
+    for (int64_t k = 0; k < o.K; ++k)
+      for (int64_t j = 0; j < nt; ++j) buf[k * L + j] = o.m[k * o.smk + n0 + j];
+    if (o.bias)
+      for (int64_t j = 0; j < nt; ++j) buf[o.K * L + j] = o.bias[n0 + j];
+  }
+  o.m_tail = buf.data();
+}
 
 // ------------------------------------------------------------------ broadcast kernel
 // out[r, n0:n0+NV*L] over rows r0..r0+MR: for each k, A[r, k] times the row m[k, n0:...].
@@ -88,10 +112,10 @@ FD_ALWAYS_INLINE void bcast_rows(const Operands<T>& o, int64_t r0, int mr, const
   }
 }
 
-// Rows r0..r0+mr of out. Columns in vectors of 2L, then L, then the last < L columns through a
-// zero-padded copy of m's tail columns (`pad`: K x L) and of the out rows.
+// Rows r0..r0+mr of out. Columns in vectors of 2L, then L, then the last < L columns from the
+// packed tail into an L-wide copy of the out rows.
 template <typename T>
-FD_ALWAYS_INLINE void bcast_kernel(const Operands<T>& o, int64_t r0, int mr, std::vector<T>& pad) {
+FD_ALWAYS_INLINE void bcast_kernel(const Operands<T>& o, int64_t r0, int mr) {
   constexpr int L = Vec<T>::kLanes;
   T* c = o.c + r0 * o.scm;
   int64_t n = 0;
@@ -101,18 +125,11 @@ FD_ALWAYS_INLINE void bcast_kernel(const Operands<T>& o, int64_t r0, int mr, std
     bcast_rows<T, 1>(o, r0, mr, o.m + n, o.smk, c + n, o.scm, o.bias ? o.bias + n : nullptr);
   const int64_t nt = o.N - n;
   if (nt == 0) return;
-  pad.assign(static_cast<size_t>(o.K * L + L + kRows * L), T(0));
-  T* mp = pad.data();
-  T* bp = mp + o.K * L;
-  T* cp = bp + L;
-  for (int64_t k = 0; k < o.K; ++k)
-    for (int64_t j = 0; j < nt; ++j) mp[k * L + j] = o.m[k * o.smk + n + j];
-  if (o.bias)
-    for (int64_t j = 0; j < nt; ++j) bp[j] = o.bias[n + j];
+  T cp[kRows * L] = {};
   if (o.accumulate)
     for (int r = 0; r < mr; ++r)
       for (int64_t j = 0; j < nt; ++j) cp[r * L + j] = c[r * o.scm + n + j];
-  bcast_rows<T, 1>(o, r0, mr, mp, L, cp, L, o.bias ? bp : nullptr);
+  bcast_rows<T, 1>(o, r0, mr, o.m_tail, L, cp, L, o.bias ? o.m_tail + o.K * L : nullptr);
   for (int r = 0; r < mr; ++r)
     for (int64_t j = 0; j < nt; ++j) c[r * o.scm + n + j] = cp[r * L + j];
 }
@@ -165,7 +182,7 @@ FD_ALWAYS_INLINE void lane_sums(const typename Vec<T>::type* x, int count, T* su
 // out[r, n] = sum_k a[r, k] m[k, n] with a and m both unit-stride along k (m = W^T): MR x NR
 // dot products at a time, L lanes of k per step, the last < L through zero-filled vectors.
 template <typename T, int MR, int NR>
-FD_ALWAYS_INLINE void dot_block(const Operands<T>& o, int64_t r0, int64_t n0) {
+FD_ALWAYS_INLINE void dot_block(const Operands<T>& o, const T* a_tail, int64_t r0, int64_t n0) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
   constexpr int Q = MR * NR;
@@ -183,7 +200,7 @@ FD_ALWAYS_INLINE void dot_block(const Operands<T>& o, int64_t r0, int64_t n0) {
   }
   if (k < o.K) {  // the last K % L of k: zero-padded copies (a_tail rows x L, m_tail N x L)
     V av[MR], mv[NR];
-    for (int r = 0; r < MR; ++r) av[r] = vload<V>(o.a_tail + r * L);
+    for (int r = 0; r < MR; ++r) av[r] = vload<V>(a_tail + r * L);
     for (int j = 0; j < NR; ++j) mv[j] = vload<V>(o.m_tail + (n0 + j) * L);
     for (int r = 0; r < MR; ++r)
       for (int j = 0; j < NR; ++j) acc[r * NR + j] += av[r] * mv[j];
@@ -199,46 +216,39 @@ FD_ALWAYS_INLINE void dot_block(const Operands<T>& o, int64_t r0, int64_t n0) {
 }
 
 template <typename T, int MR>
-FD_ALWAYS_INLINE void dot_cols(const Operands<T>& o, int64_t r0) {
+FD_ALWAYS_INLINE void dot_cols(const Operands<T>& o, const T* a_tail, int64_t r0) {
   int64_t n = 0;
-  for (; n + 4 <= o.N; n += 4) dot_block<T, MR, 4>(o, r0, n);
+  for (; n + 4 <= o.N; n += 4) dot_block<T, MR, 4>(o, a_tail, r0, n);
   switch (o.N - n) {
-    case 3: dot_block<T, MR, 3>(o, r0, n); break;
-    case 2: dot_block<T, MR, 2>(o, r0, n); break;
-    case 1: dot_block<T, MR, 1>(o, r0, n); break;
+    case 3: dot_block<T, MR, 3>(o, a_tail, r0, n); break;
+    case 2: dot_block<T, MR, 2>(o, a_tail, r0, n); break;
+    case 1: dot_block<T, MR, 1>(o, a_tail, r0, n); break;
     default: break;
   }
 }
 
+// Rows r0..r0+mr of out; their last K % L entries of a copied zero-padded (a_tail).
 template <typename T>
-FD_ALWAYS_INLINE void dot_kernel(Operands<T> o, int64_t r0, int mr, std::vector<T>& pad) {
+FD_ALWAYS_INLINE void dot_kernel(const Operands<T>& o, int64_t r0, int mr) {
   constexpr int L = Vec<T>::kLanes;
   const int64_t k0 = o.K / L * L, kt = o.K - k0;
-  if (kt > 0) {
-    pad.assign(static_cast<size_t>((kRows + o.N) * L), T(0));
-    for (int r = 0; r < mr; ++r)
-      for (int64_t i = 0; i < kt; ++i) pad[r * L + i] = o.a[(r0 + r) * o.sam + k0 + i];
-    for (int64_t n = 0; n < o.N; ++n)
-      for (int64_t i = 0; i < kt; ++i) pad[(kRows + n) * L + i] = o.m[n * o.smn + k0 + i];
-    o.a_tail = pad.data();
-    o.m_tail = pad.data() + kRows * L;
-  }
+  T a_tail[kRows * L] = {};
+  for (int r = 0; r < mr && kt > 0; ++r)
+    for (int64_t i = 0; i < kt; ++i) a_tail[r * L + i] = o.a[(r0 + r) * o.sam + k0 + i];
   switch (mr) {
-    case 4: dot_cols<T, 4>(o, r0); break;
-    case 3: dot_cols<T, 3>(o, r0); break;
-    case 2: dot_cols<T, 2>(o, r0); break;
-    default: dot_cols<T, 1>(o, r0); break;
+    case 4: dot_cols<T, 4>(o, a_tail, r0); break;
+    case 3: dot_cols<T, 3>(o, a_tail, r0); break;
+    case 2: dot_cols<T, 2>(o, a_tail, r0); break;
+    default: dot_cols<T, 1>(o, a_tail, r0); break;
   }
 }
 
 // One block of rows with whichever kernel the layout allows (`dot` chosen by the caller).
-FD_CPU_CLONES void rows_block(const Operands<float>& o, int64_t r0, int mr, bool dot,
-                              std::vector<float>& pad) {
-  dot ? dot_kernel(o, r0, mr, pad) : bcast_kernel(o, r0, mr, pad);
+FD_CPU_CLONES void rows_block(const Operands<float>& o, int64_t r0, int mr, bool dot) {
+  dot ? dot_kernel(o, r0, mr) : bcast_kernel(o, r0, mr);
 }
-FD_CPU_CLONES void rows_block(const Operands<double>& o, int64_t r0, int mr, bool dot,
-                              std::vector<double>& pad) {
-  dot ? dot_kernel(o, r0, mr, pad) : bcast_kernel(o, r0, mr, pad);
+FD_CPU_CLONES void rows_block(const Operands<double>& o, int64_t r0, int mr, bool dot) {
+  dot ? dot_kernel(o, r0, mr) : bcast_kernel(o, r0, mr);
 }
 
 template <typename T>
@@ -252,23 +262,29 @@ void run(const at::Tensor& out, const at::Tensor& a, const at::Tensor& m, const 
   const T* m0 = m.const_data_ptr<T>();
   const T* b0 = bias.defined() ? bias.const_data_ptr<T>() : nullptr;
   at::parallel_for(0, B * blocks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> pad;
+    std::vector<T> tail;
+    Operands<T> o{};
+    int64_t packed = -1;  // the batch entry whose operands (and tail) o holds
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / blocks, r0 = (t % blocks) * kRows;
-      const Operands<T> o{c0 + b * out.stride(0),
-                          out.stride(1),
-                          a0 + b * a.stride(0),
-                          a.stride(1),
-                          a.stride(2),
-                          m0 + b * m.stride(0),
-                          m.stride(1),
-                          m.stride(2),
-                          b0 ? b0 + b * bias.stride(0) : nullptr,
-                          M,
-                          N,
-                          K,
-                          accumulate};
-      rows_block(o, r0, static_cast<int>(std::min<int64_t>(kRows, M - r0)), dot, pad);
+      if (b != packed) {
+        o = Operands<T>{c0 + b * out.stride(0),
+                        out.stride(1),
+                        a0 + b * a.stride(0),
+                        a.stride(1),
+                        a.stride(2),
+                        m0 + b * m.stride(0),
+                        m.stride(1),
+                        m.stride(2),
+                        b0 ? b0 + b * bias.stride(0) : nullptr,
+                        M,
+                        N,
+                        K,
+                        accumulate};
+        pack_tail(o, dot, tail);
+        packed = b;
+      }
+      rows_block(o, r0, static_cast<int>(std::min<int64_t>(kRows, M - r0)), dot);
     }
   });
 }

@@ -163,23 +163,10 @@ std::optional<Tensor> opt(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
 
-// Batched products of the linear layers: the register-blocked CPU kernels for the small ones
-// (per-step batches; a library GEMM call costs several times their arithmetic), ATen otherwise.
-// a @ m (+ bias [B, N] on every row), new tensor.
-Tensor bmm_new(const Tensor& a, const Tensor& m, const Tensor& bias) {
-  Tensor out = at::empty({a.size(0), a.size(1), m.size(2)}, a.options());
-  if (small_bmm_into(out, a, m, bias, false)) return out;
-  return bias.defined() ? at::baddbmm(bias.unsqueeze(1), a, m) : at::bmm(a, m);
-}
-// out (+)= a @ m, out any [B, M, N] view with unit column stride (e.g. inside the flat gradient).
-void bmm_into(const Tensor& out, const Tensor& a, const Tensor& m, bool accumulate) {
-  if (small_bmm_into(out, a, m, Tensor(), accumulate)) return;
-  if (accumulate) {
-    out.baddbmm_(a, m);
-  } else {
-    out.copy_(at::bmm(a, m));
-  }
-}
+// The linear layers' batched products: small_bmm_new / small_bmm_out (small_gemm.h), the
+// register-blocked CPU kernels for the per-step sizes (a library GEMM call costs several times
+// their arithmetic), ATen otherwise.
+
 // out = d summed over its rows (the bias gradient), out a [B, N] view.
 void row_sum_into(Tensor out, const Tensor& d) { at::sum_out(out, d, 1); }
 
@@ -224,7 +211,7 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
       c.W = pview(r.w, l.w_off, l.wshape);
       c.a3 = layout == Layout::kShared ? a.expand({r.B, a.size(0), a.size(1)}) : a;
       if (l.b_off >= 0) c.b = pview(r.w, l.b_off, {l.wshape[0]});
-      a = bmm_new(c.a3, c.W.transpose(1, 2), c.b);
+      a = small_bmm_new(c.a3, c.W.transpose(1, 2), c.b);
       layout = Layout::kDense;
       break;
     }
@@ -256,8 +243,8 @@ Tensor tangent(const Run& r, const Layer& l, Ctx& c, const Tensor& ad) {
     case LayerKind::Linear: {
       c.V = pview(r.v, l.w_off, l.wshape);
       if (l.b_off >= 0) c.vb = pview(r.v, l.b_off, {l.wshape[0]});
-      Tensor t = bmm_new(c.a3, c.V.transpose(1, 2), c.vb);
-      if (ad.defined()) bmm_into(t, ad, c.W.transpose(1, 2), true);
+      Tensor t = small_bmm_new(c.a3, c.V.transpose(1, 2), c.vb);
+      if (ad.defined()) small_bmm_out(t, ad, c.W.transpose(1, 2), true);
       return t;
     }
     case LayerKind::ReLU:
@@ -313,13 +300,13 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
     case LayerKind::Linear: {  // weight and bias gradients written straight into g and hv
       const bool has_b = l.b_off >= 0;
       const Tensor dT = d.transpose(1, 2);
-      bmm_into(pview(r.g, l.w_off, l.wshape), dT, c.a3, false);
+      small_bmm_out(pview(r.g, l.w_off, l.wshape), dT, c.a3, false);
       if (has_b) row_sum_into(r.g.narrow(1, l.b_off, l.wshape[0]), d);
-      if (need_in) out.d_in = bmm_new(d, c.W, Tensor());
+      if (need_in) out.d_in = small_bmm_new(d, c.W, Tensor());
       if (tan) {
         const Tensor hw = pview(r.hv, l.w_off, l.wshape);
-        bmm_into(hw, dd.transpose(1, 2), c.a3, false);
-        if (c.ad.defined()) bmm_into(hw, dT, c.ad, true);
+        small_bmm_out(hw, dd.transpose(1, 2), c.a3, false);
+        if (c.ad.defined()) small_bmm_out(hw, dT, c.ad, true);
         if (has_b) row_sum_into(r.hv.narrow(1, l.b_off, l.wshape[0]), dd);
         if (need_tin) {
           if (c.layout_in == Layout::kShared) {  // the shared input: sum over nets
@@ -328,8 +315,8 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
             const Tensor wv = at::cat({c.W, c.V}, 1).reshape({B * 2 * K, c.W.size(2)});
             out.dd_in = at::mm(both, wv);
           } else {
-            out.dd_in = bmm_new(dd, c.W, Tensor());
-            bmm_into(out.dd_in, d, c.V, true);
+            out.dd_in = small_bmm_new(dd, c.W, Tensor());
+            small_bmm_out(out.dd_in, d, c.V, true);
           }
         }
       }

@@ -318,6 +318,22 @@ bool small_bmm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor
   return true;
 }
 
+at::Tensor small_bmm_new(const at::Tensor& a, const at::Tensor& m, const at::Tensor& bias) {
+  at::Tensor out = at::empty({a.size(0), a.size(1), m.size(2)}, a.options());
+  if (small_bmm_into(out, a, m, bias, false)) return out;
+  return bias.defined() ? at::baddbmm(bias.unsqueeze(1), a, m) : at::bmm(a, m);
+}
+
+void small_bmm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& m,
+                   bool accumulate) {
+  if (small_bmm_into(out, a, m, at::Tensor(), accumulate)) return;
+  if (accumulate) {
+    out.baddbmm_(a, m);
+  } else {
+    out.copy_(at::bmm(a, m));
+  }
+}
+
 }  // namespace fastdistill
 
 // ------------------------------------------------------------------------------------ op
@@ -346,7 +362,7 @@ at::Tensor small_bmm_op(const at::Tensor& a, const at::Tensor& m,
     TORCH_CHECK_VALUE(ok, op, ": `acc` must be [B, M, N] = [", std::to_string(B), ", ",
                       std::to_string(M), ", ", std::to_string(N), "], got ", shape_str(*acc));
     at::Tensor out = acc->clone(at::MemoryFormat::Contiguous);
-    if (!small_bmm_into(out, a, m, at::Tensor(), true)) out.baddbmm_(a, m);
+    small_bmm_out(out, a, m, true);
     return out;
   }
   at::Tensor b;
@@ -357,9 +373,7 @@ at::Tensor small_bmm_op(const at::Tensor& a, const at::Tensor& m,
                       "], got ", shape_str(*bias));
     b = bias->stride(1) == 1 ? *bias : bias->contiguous();
   }
-  at::Tensor out = at::empty({B, M, N}, a.options());
-  if (small_bmm_into(out, a, m, b, false)) return out;
-  return b.defined() ? at::baddbmm(b.unsqueeze(1), a, m) : at::bmm(a, m);
+  return small_bmm_new(a, m, b);
 }
 
 }  // namespace

@@ -22,4 +22,11 @@ namespace fastdistill {
 bool small_bmm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& m,
                     const at::Tensor& bias, bool accumulate);
 
+// The same products with ATen's as the fallback, so that they always happen:
+// a @ m (+ bias on every row) as a new [B, M, N] tensor,
+at::Tensor small_bmm_new(const at::Tensor& a, const at::Tensor& m, const at::Tensor& bias);
+// and out (+)= a @ m for out as in small_bmm_into.
+void small_bmm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& m,
+                   bool accumulate);
+
 }  // namespace fastdistill

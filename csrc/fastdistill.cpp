@@ -98,11 +98,11 @@ TORCH_LIBRARY(fastdistill, m) {
       "bool[3] output_mask) -> (Tensor dx, Tensor dw, Tensor db)");
   // backward_tangent: backward and its tangent along (grad_t, x_t, w_t) in one call (the
   //   adjoint's Hessian-vector products): dx_t = D(grad_t, w) + D(grad, w_t), dw_t =
-  //   Wg(grad_t, x) + Wg(grad, x_t), db_t = sum grad_t; mask = (dx, dx_t, db and db_t), dw and
-  //   dw_t always. x_t None: no input tangent.
+  //   Wg(grad_t, x) + Wg(grad, x_t), db_t = sum grad_t; mask = (dx, dx_t, db and db_t, dw and
+  //   db), dw_t always. x_t None: no input tangent.
   m.def(
       "conv_pool_backward_tangent(Tensor grad, Tensor grad_t, Tensor x, Tensor? x_t, Tensor w, "
-      "Tensor w_t, Tensor code, int[2] padding, bool[3] output_mask) -> (Tensor dx, Tensor dw, "
+      "Tensor w_t, Tensor code, int[2] padding, bool[4] output_mask) -> (Tensor dx, Tensor dw, "
       "Tensor db, Tensor dx_t, Tensor dw_t, Tensor db_t)");
   // The fused inner step / outer value-and-gradient of a sequential net of B nets (layers in
   //   `spec`, see csrc/cpu/seq_step.cpp): (value [B], g [B, P], hv [B, P], dx, dy); hv, dx, dy
@@ -110,6 +110,17 @@ TORCH_LIBRARY(fastdistill, m) {
   m.def(
       "seq_step(Tensor w, Tensor? v, Tensor x, Tensor y, int[] spec, str loss, bool need_dx, "
       "bool need_dy) -> (Tensor value, Tensor g, Tensor hv, Tensor dx, Tensor dy)");
+  // seq_step's inner gradient that also records the primal values its Hessian-vector call needs
+  //   (the tape), and that call replaying them: only the tangent streams are computed. Same
+  //   numbers as seq_step with and without v; gv = sum over nets of <g, v> (the step-size
+  //   gradient's product, so that g need not be kept).
+  m.def(
+      "seq_step_record(Tensor w, Tensor x, Tensor y, int[] spec, str loss) -> (Tensor value, "
+      "Tensor g, Tensor[] tape)");
+  m.def(
+      "seq_step_replay(Tensor w, Tensor v, Tensor x, Tensor y, int[] spec, str loss, "
+      "Tensor[] tape, bool need_dx, bool need_dy) -> "
+      "(Tensor hv, Tensor dx, Tensor dy, Tensor gv)");
   // Batched product of small matrices (the fused step's linear layers): (acc, else bias [B, N] on
   //   every row, else 0) + a [B, M, K] @ m [B, K, N]; register-blocked CPU kernels where the
   //   product is small, ATen otherwise (csrc/cpu/small_gemm.cpp).

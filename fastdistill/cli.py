@@ -36,7 +36,9 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     for name, p in PRESETS.items():
         size = preset_sizes(p.config)
         timing = TIMINGS.get(name)
-        its = timing["iterations"] if timing else size["iterations"]
+        # the preset's own count (a timing file measured before a schedule change still
+        # gives the per-iteration cost); the timing's count where data sizes are unknown
+        its = size["iterations"] or (timing["iterations"] if timing else None)
         per_it = f"{timing['s_per_iteration']:.3g}" if timing else "-"
         total = format_duration(timing["s_per_iteration"] * its) if timing else "-"
         rows.append(

@@ -906,7 +906,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 conv_pool_backward_tangent_cpu(const at::Tensor& grad, const at::Tensor& grad_t,
                                const at::Tensor& x, const std::optional<at::Tensor>& x_t,
                                const at::Tensor& w, const at::Tensor& w_t, const at::Tensor& code,
-                               c10::IntArrayRef padding, std::array<bool, 3> mask) {
+                               c10::IntArrayRef padding, std::array<bool, 4> mask) {
   constexpr const char* op = "fastdistill::conv_pool_backward_tangent";
   const ConvPoolDims d = conv_pool_dims(op, x, w, std::nullopt, padding, c10::DeviceType::CPU);
   ConvPoolBackwardTangentCall c =

@@ -113,13 +113,20 @@ std::vector<Layer> parse(c10::IntArrayRef spec, int64_t num_params) {
   return layers;
 }
 
-// [B, *shape] view of a parameter inside a [B, P] buffer.
+// [B, *shape] view of a parameter inside a [B, P] buffer: one as_strided (narrow + view are
+// four dispatcher calls, dozens of them per step). parse() checked the range is inside P.
 Tensor pview(const Tensor& flat, int64_t off, const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t s : shape) n *= s;
-  std::vector<int64_t> full{flat.size(0)};
-  full.insert(full.end(), shape.begin(), shape.end());
-  return flat.narrow(1, off, n).view(full);
+  const size_t n = shape.size();
+  std::vector<int64_t> sizes(n + 1), strides(n + 1);
+  sizes[0] = flat.size(0);
+  strides[0] = flat.stride(0);
+  int64_t step = flat.stride(1);
+  for (size_t k = n; k > 0; --k) {
+    sizes[k] = shape[k - 1];
+    strides[k] = step;
+    step *= shape[k - 1];
+  }
+  return flat.as_strided(sizes, strides, flat.storage_offset() + off * flat.stride(1));
 }
 
 using FwdFn = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
@@ -151,7 +158,7 @@ const c10::TypedOperatorHandle<BwdFn>& cp_backward() {
 
 using BwdTanFn = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
-    const Tensor&, const Tensor&, c10::IntArrayRef, std::array<bool, 3>);
+    const Tensor&, const Tensor&, c10::IntArrayRef, std::array<bool, 4>);
 const c10::TypedOperatorHandle<BwdTanFn>& cp_backward_tangent() {
   static const auto h = c10::Dispatcher::singleton()
                             .findSchemaOrThrow("fastdistill::conv_pool_backward_tangent", "")
@@ -175,10 +182,16 @@ struct Run {
   Tensor w, v;
   bool hvp;
   Tensor g, hv;  // [B, P] outputs: the gradient and the Hessian-vector product
+  // Replay: the primal values (activations, window codes, cotangents) come from the tape of
+  // this step's gradient call; only the tangent streams are computed.
+  bool replay = false;
 };
 
 // ------------------------------------------------------------------------------- layers
-void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
+// One layer's forward; `saved` (replay) holds its recorded output and window codes, which are
+// used instead of computing them.
+void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout,
+             const Tensor* saved = nullptr) {
   constexpr const char* op = "fastdistill::seq_step";
   c.a = a;
   c.layout_in = layout;
@@ -189,9 +202,14 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
                         ": conv layer on a flat activation");
       c.W = pview(r.w, l.w_off, l.wshape);
       if (l.b_off >= 0) c.b = pview(r.w, l.b_off, {l.wshape[0]});
-      auto [out, code] = cp_forward().call(a, c.W, opt(c.b), l.pad, l.relu);
-      c.code = code;
-      a = out;
+      if (saved != nullptr) {
+        a = saved[0];
+        c.code = saved[1];
+      } else {
+        auto [out, code] = cp_forward().call(a, c.W, opt(c.b), l.pad, l.relu);
+        c.code = code;
+        a = out;
+      }
       layout = Layout::kGrouped;
       break;
     }
@@ -211,15 +229,15 @@ void forward(const Run& r, const Layer& l, Ctx& c, Tensor& a, Layout& layout) {
       c.W = pview(r.w, l.w_off, l.wshape);
       c.a3 = layout == Layout::kShared ? a.expand({r.B, a.size(0), a.size(1)}) : a;
       if (l.b_off >= 0) c.b = pview(r.w, l.b_off, {l.wshape[0]});
-      a = small_bmm_new(c.a3, c.W.transpose(1, 2), c.b);
+      a = saved != nullptr ? saved[0] : small_bmm_new(c.a3, c.W.transpose(1, 2), c.b);
       layout = Layout::kDense;
       break;
     }
     case LayerKind::ReLU:
-      a = at::relu(a);
+      a = saved != nullptr ? saved[0] : at::relu(a);
       break;
     case LayerKind::Tanh:
-      a = at::tanh(a);
+      a = saved != nullptr ? saved[0] : at::tanh(a);
       break;
   }
   c.out = a;
@@ -265,6 +283,7 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
   Grads out;
   const int64_t B = r.B;
   const bool tan = dd.defined();
+  const bool primal = !r.replay;  // replay: g and the primal cotangents are on the tape
   switch (l.type) {
     case LayerKind::ConvPool: {
       const bool has_b = l.b_off >= 0;
@@ -276,15 +295,16 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
         if (need_in) out.d_in = d_in;
         break;
       }
-      auto [d_in, gw, gb, t_in, tgw, tgb] = cp_backward_tangent().call(
-          d, dd, c.a, opt(c.ad), c.W, c.V, c.code, l.pad, {need_in, need_tin, has_b});
-      out.g.emplace_back(l.w_off, gw);
+      auto [d_in, gw, gb, t_in, tgw, tgb] =
+          cp_backward_tangent().call(d, dd, c.a, opt(c.ad), c.W, c.V, c.code, l.pad,
+                                     {need_in && primal, need_tin, has_b, primal});
+      if (primal) out.g.emplace_back(l.w_off, gw);
       out.hv.emplace_back(l.w_off, tgw);
       if (has_b) {
-        out.g.emplace_back(l.b_off, gb);
+        if (primal) out.g.emplace_back(l.b_off, gb);
         out.hv.emplace_back(l.b_off, tgb);
       }
-      if (need_in) out.d_in = d_in;
+      if (need_in && primal) out.d_in = d_in;
       if (need_tin) out.dd_in = t_in;
       break;
     }
@@ -293,21 +313,23 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
         if (c.layout_in == Layout::kGrouped) return t.transpose(0, 1).reshape(c.shape_in);
         return t.reshape(c.shape_in);
       };
-      if (need_in) out.d_in = back(d);
+      if (need_in && primal) out.d_in = back(d);
       if (tan && need_tin) out.dd_in = back(dd);
       break;
     }
     case LayerKind::Linear: {  // weight and bias gradients written straight into g and hv
       const bool has_b = l.b_off >= 0;
       const Tensor dT = d.transpose(1, 2);
-      small_bmm_out(pview(r.g, l.w_off, l.wshape), dT, c.a3, false);
-      if (has_b) row_sum_into(r.g.narrow(1, l.b_off, l.wshape[0]), d);
-      if (need_in) out.d_in = small_bmm_new(d, c.W, Tensor());
+      if (primal) {
+        small_bmm_out(pview(r.g, l.w_off, l.wshape), dT, c.a3, false);
+        if (has_b) row_sum_into(pview(r.g, l.b_off, {l.wshape[0]}), d);
+        if (need_in) out.d_in = small_bmm_new(d, c.W, Tensor());
+      }
       if (tan) {
         const Tensor hw = pview(r.hv, l.w_off, l.wshape);
         small_bmm_out(hw, dd.transpose(1, 2), c.a3, false);
         if (c.ad.defined()) small_bmm_out(hw, dT, c.ad, true);
-        if (has_b) row_sum_into(r.hv.narrow(1, l.b_off, l.wshape[0]), dd);
+        if (has_b) row_sum_into(pview(r.hv, l.b_off, {l.wshape[0]}), dd);
         if (need_tin) {
           if (c.layout_in == Layout::kShared) {  // the shared input: sum over nets
             const int64_t N = d.size(1), K = d.size(2);
@@ -323,11 +345,11 @@ Grads backward(const Run& r, const Layer& l, Ctx& c, const Tensor& d, const Tens
       break;
     }
     case LayerKind::ReLU:
-      if (need_in) out.d_in = at::threshold_backward(d, c.out, 0);
+      if (need_in && primal) out.d_in = at::threshold_backward(d, c.out, 0);
       if (tan && need_tin) out.dd_in = at::threshold_backward(dd, c.out, 0);
       break;
     case LayerKind::Tanh:
-      if (need_in) out.d_in = at::tanh_backward(d, c.out);
+      if (need_in && primal) out.d_in = at::tanh_backward(d, c.out);
       if (tan && need_tin) {
         Tensor t = at::tanh_backward(dd, c.out);
         if (c.ad.defined()) t = t.sub_(2 * c.out * at::tanh_backward(c.ad, c.out) * d);
@@ -390,15 +412,61 @@ LossOut loss_grads(const Tensor& z, const Tensor& y, const std::string& kind, co
   return o;
 }
 
-// ----------------------------------------------------------------------------------- op
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_step(
-    const Tensor& w, const std::optional<Tensor>& v_opt, const Tensor& x, const Tensor& y,
-    c10::IntArrayRef spec, c10::string_view loss, bool need_dx, bool need_dy) {
+// ----------------------------------------------------------------------------------- tape
+// A gradient call can record what the Hessian-vector call of the same step (same w, x, y) needs
+// from its primal pass, so that the reverse sweep computes only the tangent streams: per layer
+// three entries (empty where not needed, and for the layers before the first weighted one):
+//   0  the layer's output (not for flatten, whose output is a view rebuilt on replay)
+//   1  the window codes (conv + pool)
+//   2  the cotangent of the layer's output (conv + pool, linear, tanh)
+constexpr size_t kTapeEntries = 3;
+
+bool tape_out_needed(const Layer& l) { return l.type != LayerKind::Flatten; }
+bool tape_d_needed(const Layer& l) {
+  return l.type == LayerKind::ConvPool || l.type == LayerKind::Linear ||
+         l.type == LayerKind::Tanh;
+}
+
+// The output shape of layer l on input a (B nets), for checking a replayed tape.
+std::vector<int64_t> out_shape(const Layer& l, const Tensor& a, Layout layout, int64_t B) {
+  switch (l.type) {
+    case LayerKind::ConvPool:
+      if (a.dim() != 4) return {};
+      return {a.size(0), B * l.wshape[0], (a.size(2) + 2 * l.pad[0] - l.wshape[2] + 1) / 2,
+              (a.size(3) + 2 * l.pad[1] - l.wshape[3] + 1) / 2};
+    case LayerKind::Linear:
+      return {B, a.size(layout == Layout::kShared ? 0 : 1), l.wshape[0]};
+    default:
+      return a.sizes().vec();
+  }
+}
+
+void check_entry(const Tensor& t, const std::vector<int64_t>& shape, const Tensor& like,
+                 at::ScalarType dtype, size_t layer, const char* what) {
+  const bool ok = t.defined() && t.sizes() == c10::IntArrayRef(shape) &&
+                  t.scalar_type() == dtype && t.device() == like.device();
+  TORCH_CHECK_VALUE(ok, "fastdistill::seq_step_replay: tape entry `", std::string(what),
+                    "` of layer ", std::to_string(layer),
+                    " does not fit this step (shape, dtype or device); pass the tape that "
+                    "seq_step_record returned for the same w, x and y");
+}
+
+// ----------------------------------------------------------------------------------- step
+struct StepOut {
+  Tensor value, g, hv, dx, dy;
+  Tensor gv;  // replay: sum over nets of <g, v>, as <dl/dz, the logits' tangent along v>
+  std::vector<Tensor> tape;
+};
+
+// The step, the recording gradient call (record) and the tangent-only replay (tape given).
+StepOut run_step(const Tensor& w, const Tensor& v, const Tensor& x, const Tensor& y,
+                 c10::IntArrayRef spec, const std::string& kind, bool need_dx, bool need_dy,
+                 bool record, const std::vector<Tensor>* tape) {
   constexpr const char* op = "fastdistill::seq_step";
   TORCH_CHECK_VALUE(w.dim() == 2, op, ": `w` must be [B, P]");
   const std::vector<Layer> layers = parse(spec, w.size(1));
-  const std::string kind(loss);
-  Run r{w.size(0), w, v_opt.has_value() ? *v_opt : Tensor(), v_opt.has_value() && v_opt->defined()};
+  Run r{w.size(0), w, v, v.defined()};
+  r.replay = tape != nullptr;
   if (r.hvp) TORCH_CHECK_VALUE(r.v.sizes() == w.sizes(), op, ": `v` must match `w`");
   int64_t first = -1;
   for (size_t i = 0; i < layers.size(); ++i) {
@@ -408,43 +476,125 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_step(
     }
   }
   TORCH_CHECK_VALUE(first >= 0, op, ": `spec` has no weighted layer");
+  if (r.replay) {
+    TORCH_CHECK_VALUE(tape->size() == kTapeEntries * layers.size(),
+                      "fastdistill::seq_step_replay: the tape has ", std::to_string(tape->size()),
+                      " entries, this net's records ", std::to_string(kTapeEntries * layers.size()),
+                      "; pass the tape that seq_step_record returned for the same w, x and y");
+  }
+  StepOut o;
+  if (record) o.tape.assign(kTapeEntries * layers.size(), w.new_empty({0}));
+  auto entry = [&](size_t i, size_t k) -> Tensor& { return o.tape[kTapeEntries * i + k]; };
 
   std::vector<Ctx> ctx(layers.size());
   Tensor a = x, ad;
   Layout layout = Layout::kShared;
   for (size_t i = 0; i < layers.size(); ++i) {
-    forward(r, layers[i], ctx[i], a, layout);
-    if (r.hvp && static_cast<int64_t>(i) >= first) ad = tangent(r, layers[i], ctx[i], ad);
+    const Layer& l = layers[i];
+    const bool weighted_part = static_cast<int64_t>(i) >= first;
+    const Tensor* saved = nullptr;
+    if (r.replay && weighted_part && tape_out_needed(l)) {
+      saved = tape->data() + kTapeEntries * i;
+      check_entry(saved[0], out_shape(l, a, layout, r.B), w, w.scalar_type(), i, "output");
+      if (l.type == LayerKind::ConvPool) {
+        check_entry(saved[1], saved[0].sizes().vec(), w, at::kByte, i, "code");
+      }
+    }
+    forward(r, l, ctx[i], a, layout, saved);
+    if (r.hvp && weighted_part) ad = tangent(r, l, ctx[i], ad);
+    if (record && weighted_part && tape_out_needed(l)) {
+      entry(i, 0) = a.contiguous();
+      if (l.type == LayerKind::ConvPool) entry(i, 1) = ctx[i].code;
+    }
   }
   TORCH_CHECK_VALUE(layout == Layout::kDense, op, ": the net must end in flat [N, K] logits");
   LossOut lo = loss_grads(a, y, kind, ad, need_dy);
+  // <g, v> is the loss's derivative along v: no need to keep g for the step-size gradient.
+  if (r.replay) o.gv = at::sum(lo.d * ad);
 
-  r.g = at::empty(w.sizes(), w.options());
+  r.g = r.replay ? w.new_empty({0}) : at::empty(w.sizes(), w.options());
   r.hv = r.hvp ? at::empty(w.sizes(), w.options()) : w.new_empty({0});
-  Tensor& g = r.g;
-  Tensor& hv = r.hv;
   const int64_t B = r.B;
   Tensor d = lo.d, dd = lo.dd;
   for (int64_t i = static_cast<int64_t>(layers.size()) - 1; i >= 0; --i) {
+    const Layer& l = layers[i];
     const bool need_in = i > first;
     const bool need_tin = r.hvp && (need_in || need_dx);
-    Grads gr = backward(r, layers[i], ctx[i], d, dd, need_in, need_tin);
-    for (auto& [off, t] : gr.g) g.narrow(1, off, t.numel() / B).copy_(t.reshape({B, -1}));
-    for (auto& [off, t] : gr.hv) hv.narrow(1, off, t.numel() / B).copy_(t.reshape({B, -1}));
+    if (r.replay) {
+      d = Tensor();  // layers before the first weighted one need no primal cotangent
+      if (i >= first && tape_d_needed(l)) {
+        d = (*tape)[kTapeEntries * i + 2];
+        check_entry(d, ctx[i].out.sizes().vec(), w, w.scalar_type(), i, "cotangent");
+      }
+    } else if (record && tape_d_needed(l)) {
+      entry(i, 2) = d.contiguous();
+    }
+    Grads gr = backward(r, l, ctx[i], d, dd, need_in, need_tin);
+    for (auto& [off, t] : gr.g) pview(r.g, off, {t.numel() / B}).copy_(t.reshape({B, -1}));
+    for (auto& [off, t] : gr.hv) pview(r.hv, off, {t.numel() / B}).copy_(t.reshape({B, -1}));
     d = gr.d_in;
     dd = gr.dd_in;
-    if (!d.defined() && !dd.defined()) break;
+    if (r.replay ? !dd.defined() : (!d.defined() && !dd.defined())) break;
   }
-  Tensor dx = (need_dx && dd.defined()) ? dd : x.new_empty({0});
-  Tensor dy = lo.dy.defined() ? lo.dy : y.new_empty({0});
-  return std::make_tuple(lo.value, g, hv, dx, dy);
+  o.value = lo.value;
+  o.g = r.g;
+  o.hv = r.hv;
+  o.dx = (need_dx && dd.defined()) ? dd : x.new_empty({0});
+  o.dy = lo.dy.defined() ? lo.dy : y.new_empty({0});
+  return o;
+}
+
+// ----------------------------------------------------------------------------------- ops
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> seq_step(
+    const Tensor& w, const std::optional<Tensor>& v, const Tensor& x, const Tensor& y,
+    c10::IntArrayRef spec, c10::string_view loss, bool need_dx, bool need_dy) {
+  StepOut o = run_step(w, v.has_value() ? *v : Tensor(), x, y, spec, std::string(loss), need_dx,
+                       need_dy, false, nullptr);
+  return std::make_tuple(o.value, o.g, o.hv, o.dx, o.dy);
+}
+
+bool inner_loss(const std::string& kind) {
+  return kind == "soft" || kind == "softmax" || kind == "binary";
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> seq_step_record(const Tensor& w, const Tensor& x,
+                                                                const Tensor& y,
+                                                                c10::IntArrayRef spec,
+                                                                c10::string_view loss) {
+  const std::string kind(loss);
+  TORCH_CHECK_VALUE(inner_loss(kind), "fastdistill::seq_step_record: `loss` must be an inner ",
+                    "loss (soft, softmax or binary), got ", std::string(kind));
+  StepOut o = run_step(w, Tensor(), x, y, spec, kind, false, false, true, nullptr);
+  return std::make_tuple(o.value, o.g, std::move(o.tape));
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> seq_step_replay(const Tensor& w, const Tensor& v,
+                                                   const Tensor& x, const Tensor& y,
+                                                   c10::IntArrayRef spec, c10::string_view loss,
+                                                   at::TensorList tape, bool need_dx,
+                                                   bool need_dy) {
+  const std::string kind(loss);
+  TORCH_CHECK_VALUE(inner_loss(kind), "fastdistill::seq_step_replay: `loss` must be an inner ",
+                    "loss (soft, softmax or binary), got ", std::string(kind));
+  TORCH_CHECK_VALUE(v.defined(), "fastdistill::seq_step_replay: `v` is undefined");
+  const std::vector<Tensor> entries = tape.vec();
+  StepOut o = run_step(w, v, x, y, spec, kind, need_dx, need_dy, false, &entries);
+  return std::make_tuple(o.hv, o.dx, o.dy, o.gv);
 }
 
 }  // namespace
 
 // The same device-generic code for both backends (explicit keys, so that the extension's
 // kernel discovery sees them).
-TORCH_LIBRARY_IMPL(fastdistill, CPU, m) { m.impl("seq_step", &seq_step); }
-TORCH_LIBRARY_IMPL(fastdistill, CUDA, m) { m.impl("seq_step", &seq_step); }
+TORCH_LIBRARY_IMPL(fastdistill, CPU, m) {
+  m.impl("seq_step", &seq_step);
+  m.impl("seq_step_record", &seq_step_record);
+  m.impl("seq_step_replay", &seq_step_replay);
+}
+TORCH_LIBRARY_IMPL(fastdistill, CUDA, m) {
+  m.impl("seq_step", &seq_step);
+  m.impl("seq_step_record", &seq_step_record);
+  m.impl("seq_step_replay", &seq_step_replay);
+}
 
 }  // namespace fastdistill

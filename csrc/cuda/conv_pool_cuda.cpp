@@ -61,12 +61,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 conv_pool_backward_tangent_cuda(const at::Tensor& grad, const at::Tensor& grad_t,
                                 const at::Tensor& x, const std::optional<at::Tensor>& x_t,
                                 const at::Tensor& w, const at::Tensor& w_t, const at::Tensor& code,
-                                c10::IntArrayRef padding, std::array<bool, 3> mask) {
+                                c10::IntArrayRef padding, std::array<bool, 4> mask) {
   constexpr const char* op = "fastdistill::conv_pool_backward_tangent";
   conv_pool_dims(op, x, w, std::nullopt, padding, c10::DeviceType::CUDA);
   check_conv_pool_tangent(op, grad, grad_t, x, x_t, w, w_t);
   const bool has_xt = x_t.has_value() && x_t->defined();
-  auto [dx, dw, db] = conv_pool_backward_cuda(grad, x, w, code, padding, {mask[0], true, mask[2]});
+  auto [dx, dw, db] = conv_pool_backward_cuda(grad, x, w, code, padding,
+                                              {mask[0], mask[3], mask[2] && mask[3]});
   auto [dx_t, dw_t, db_t] =
       conv_pool_backward_cuda(grad_t, x, w, code, padding, {mask[1], true, mask[2]});
   if (mask[1] || has_xt) {

@@ -148,9 +148,11 @@ def hypergradient(
             model, w0, data, labels, raw_lrs, real_x, real_y, label_kind, learn_labels,
             schedule, truncate, rng_seed,
         )  # fmt: skip
+    memory = DEFAULT_CHECKPOINT_MEMORY if checkpoint_memory is None else int(checkpoint_memory)
+    tape_memory = max(0, memory - (raw_lrs.numel() + 1) * vector_bytes)
     return _adjoint(
         model, w0, data, labels, raw_lrs, real_x, real_y, label_kind, learn_labels,
-        schedule, truncate, rng_seed, outer_chunk, outer_pass,
+        schedule, truncate, rng_seed, outer_chunk, outer_pass, tape_memory,
     )  # fmt: skip
 
 
@@ -334,20 +336,65 @@ def chunked_outer_value_and_grad(
     return value, grad
 
 
+class _Tapes:
+    """Replay tapes of the forward sweep's steps (``fused.inner_grad_record``), kept within a
+    byte budget: with one, the reverse sweep's Hessian-vector call of a step skips its primal
+    pass (same products bit for bit, about a third less work). Only where no step is
+    recomputed (each tape is then made once and used once); recording stops for good once the
+    next tape would not fit."""
+
+    def __init__(self, on: bool, budget: int) -> None:
+        self.on, self.left = on, budget
+        self.kept: dict[int, fused.Tape] = {}
+
+    def grad(self, model: FlatModel, t: int, w: Tensor, x: Tensor, y: Tensor, kind) -> Tensor:
+        with torch.enable_grad():  # for the autograd fallback
+            g, tape = fused.inner_grad_record(model, w, x, y, kind)
+        size = sum(e.nbytes for e in tape or ())
+        if tape is None or size > self.left:
+            self.on = False
+        else:
+            self.kept[t] = tape
+            self.left -= size
+        return g
+
+
+def _reverse_step(tape, model, t, w, x, y, kind, v, learn_labels, raw_t, seed):
+    """``(dL/dw_t, dL/dlr_t, (d2l/dx dw) v, (d2l/dy dw) v or None)`` of step t: replayed from
+    its tape (``v - lr * H v`` as ``adjoint_update`` computes it, and ``-<g, v>``), else the
+    whole step (fused pass, or double backward)."""
+    if tape is not None:
+        hv, dx, dy, gv = fused.inner_hvp_replay(model, w, x, y, kind, v, learn_labels, tape)
+        with ops.below_autograd():
+            return ops.inner_update(v, hv, raw_t), -gv, dx, dy
+    with torch.enable_grad(), _step_rng(seed, t, w.device):
+        g, hv, dx, dy = fused.inner_hvp(model, w, x, y, kind, v, learn_labels)
+    with ops.below_autograd():
+        v_new, dlr = ops.adjoint_update(v, hv, g.detach(), raw_t)
+    return v_new, dlr, dx, dy
+
+
 def _adjoint(
     model, w0, data, labels, raw_lrs, real_x, real_y, kind, learn_labels, schedule, truncate, seed,
-    outer_chunk=None, outer_pass=None,
+    outer_chunk=None, outer_pass=None, tape_memory=0,
 ) -> Hypergradient:  # fmt: skip
     T, S = raw_lrs.numel(), data.shape[0]
     first = _first_step(truncate, T)
     data, labels, raw = data.detach(), labels.detach(), raw_lrs.detach()
     lrs = F.softplus(raw)
+    actions = list(schedule(T - first + 1, first))
+    recompute = sum(1 for a, _ in actions if a == "advance") > T - first
+    tapes = _Tapes(not recompute and not model.stochastic, tape_memory)
 
     def step(t: int, w: Tensor) -> Tensor:
         s = t % S
-        with torch.enable_grad(), _step_rng(seed, t, w.device):
-            g = fused.inner_grad(model, w, data[s], labels[s], kind)  # autograd fallback
-        return ops.inner_update(w.detach(), g, raw[t])
+        if tapes.on and t >= first:
+            g = tapes.grad(model, t, w, data[s], labels[s], kind)
+        else:
+            with torch.enable_grad(), _step_rng(seed, t, w.device):
+                g = fused.inner_grad(model, w, data[s], labels[s], kind)  # autograd fallback
+        with ops.below_autograd():  # detached: no graph, no autograd layer
+            return ops.inner_update(w.detach(), g.detach(), raw[t])
 
     def outer(w_T: Tensor) -> tuple[Tensor, Tensor]:
         if outer_pass is not None:
@@ -363,14 +410,14 @@ def _adjoint(
     def back(t: int, w: Tensor, v: Tensor) -> Tensor:
         """Adjoint of step t: accumulate its data/label/step-size gradients, return dL/dw_t."""
         s = t % S
-        with torch.enable_grad(), _step_rng(seed, t, w0.device):
-            # g, H_ww v, (d2l/dx dw) v, (d2l/dy dw) v: fused pass, or double backward
-            g, hv, *rest = fused.inner_hvp(model, w, data[s], labels[s], kind, v, learn_labels)
-        v, dlr = ops.adjoint_update(v, hv, g.detach(), raw[t])
+        tape = tapes.kept.pop(t, None)
+        v, dlr, dx, dy = _reverse_step(
+            tape, model, t, w, data[s], labels[s], kind, v, learn_labels, raw[t], seed
+        )
         grad_raw[t] = dlr * torch.sigmoid(raw[t])
-        grad_data[s].sub_(lrs[t] * rest[0])  # tensor lr: no host sync on GPU
+        grad_data[s].sub_(lrs[t] * dx)  # tensor lr: no host sync on GPU
         if grad_labels is not None:
-            grad_labels[s].sub_(lrs[t] * rest[1])
+            grad_labels[s].sub_(lrs[t] * dy)
         return v
 
     # Steps before the truncation point only move the weights. Then the schedule runs steps
@@ -383,7 +430,7 @@ def _adjoint(
     start, current, t_cur = w, w, first
     stored: dict[int, Tensor] = {}
     v = w_final = per_net = None
-    for action, t in schedule(T - first + 1, first):
+    for action, t in actions:
         if action in ("advance", "store", "reverse") and t != t_cur:
             raise RuntimeError(f"checkpoint schedule: {action} {t} with w_{t_cur} current")
         if action == "advance":

@@ -24,6 +24,7 @@ from fastdistill.ops._backend import (
     set_backend,
     use_kernels,
 )
+from fastdistill.ops._common import below_autograd
 from fastdistill.ops._conv_pool import (
     conv_pool_backward,
     conv_pool_backward_tangent,
@@ -34,7 +35,7 @@ from fastdistill.ops._inner_update import inner_update
 from fastdistill.ops._local_response_norm import local_response_norm
 from fastdistill.ops._malloc import keep_freed_memory, malloc_state
 from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
-from fastdistill.ops._seq_step import seq_step
+from fastdistill.ops._seq_step import seq_step, seq_step_record, seq_step_replay
 from fastdistill.ops._small_bmm import small_bmm
 from fastdistill.ops._soft_label_loss import soft_label_loss
 
@@ -43,6 +44,7 @@ __all__ = [
     "BackendChoice",
     "adjoint_update",
     "backend_info",
+    "below_autograd",
     "choose",
     "conv_pool_backward",
     "conv_pool_backward_tangent",
@@ -60,6 +62,8 @@ __all__ = [
     "reference",
     "runs_kernel",
     "seq_step",
+    "seq_step_record",
+    "seq_step_replay",
     "set_backend",
     "small_bmm",
     "soft_label_loss",

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
+
+
+def below_autograd():
+    """Skip the autograd dispatch layer for the ops called inside (nothing there may record a
+    graph): a Python-registered autograd formula costs tens of microseconds per call even on
+    tensors that need no gradient, and the engine's sweeps make thousands of such calls."""
+    guard = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
+    return guard() if guard is not None else contextlib.nullcontext()
 
 
 def device_of(t: object) -> torch.device:

@@ -91,16 +91,24 @@ def conv_pool_backward_tangent(
     w_t: Tensor,
     code: Tensor,
     padding: Sequence[int],
-    output_mask: Sequence[bool] = (True, True, True),
+    output_mask: Sequence[bool] = (True, True, True, True),
 ) -> tuple[Tensor, ...]:
     """``conv_pool_backward`` and its tangent along ``(grad_t, x_t, w_t)``:
     ``(dx, dw, db, dx_t, dw_t, db_t)`` with ``dx_t = D(grad_t, w) + D(grad, w_t)``,
     ``dw_t = Wg(grad_t, x) + Wg(grad, x_t)``, ``db_t = sum grad_t`` (the window codes have no
-    tangent). ``output_mask`` is ``(dx, dx_t, both bias gradients)``; unmasked outputs come back
-    empty. One pass over the images on the CPU: each image's planes are filled and gradients
-    scattered once for both products, where three backward calls would repeat them."""
+    tangent). ``output_mask`` is ``(dx, dx_t, both bias gradients, dw and db)`` (a 3-entry mask
+    means dw and db as well); unmasked outputs come back empty. One pass over the images on the
+    CPU: each image's planes are filled and gradients scattered once for both products, where
+    three backward calls would repeat them."""
     padding = [int(p) for p in padding]
     mask = [bool(m) for m in output_mask]
+    if len(mask) == 3:
+        mask.append(True)
+    if len(mask) != 4:
+        raise ValueError(
+            f"conv_pool_backward_tangent: output_mask needs 4 entries (dx, dx_t, biases, dw), "
+            f"got {len(mask)}"
+        )
     args = (grad, grad_t, x, x_t, w, w_t, code, padding, mask)
     if _use_kernel("conv_pool_backward_tangent", x):
         return tuple(torch.ops.fastdistill.conv_pool_backward_tangent.default(*args))
@@ -149,10 +157,11 @@ def _backward_tangent_fake(grad, grad_t, x, x_t, w, w_t, code, padding, output_m
     _dims("fastdistill::conv_pool_backward_tangent", x, w, None, padding)
     empty = (0,)
     bias = (w.shape[0], w.shape[1]) if output_mask[2] else empty
+    primal = output_mask[3]
     return (
         x.new_empty(x.shape if output_mask[0] else empty),
-        x.new_empty(w.shape),
-        x.new_empty(bias),
+        x.new_empty(w.shape if primal else empty),
+        x.new_empty(bias if primal else empty),
         x.new_empty(x.shape if output_mask[1] else empty),
         x.new_empty(w.shape),
         x.new_empty(bias),

@@ -32,6 +32,8 @@ OPS = (
     "conv_pool_backward",
     "conv_pool_backward_tangent",
     "seq_step",
+    "seq_step_record",
+    "seq_step_replay",
     "small_bmm",
     "local_response_norm",
 )

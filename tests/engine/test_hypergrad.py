@@ -171,8 +171,9 @@ def test_truncation_cuts_earlier_steps():
 
 def test_adjoint_peak_memory_grows_only_by_the_stored_weights():
     """The adjoint's graph memory is one step's whatever T is: its peak grows by the stored
-    weight vectors only (all of them within the default budget; flat with a slot count), while
-    the unroll's graph grows with T."""
+    weight vectors only (all of them within the default budget; flat with a slot count), and by
+    the replay tapes when the budget leaves room for them, while the unroll's graph grows with
+    T."""
     torch.manual_seed(0)
     model = FlatModel(LeNet())
     w0 = torch.randn(1, model.num_params) * 0.05
@@ -187,10 +188,15 @@ def test_adjoint_peak_memory_grows_only_by_the_stored_weights():
         )[1]
 
     vector = w0.numel() * 4
-    adj3, adj60 = peak(3, "adjoint"), peak(60, "adjoint")
+    # a budget of exactly the T + 1 weight vectors: all stored, no room for tapes
+    adj3 = peak(3, "adjoint", checkpoint_memory=4 * vector)
+    adj60 = peak(60, "adjoint", checkpoint_memory=61 * vector)
+    taped3, taped60 = peak(3, "adjoint"), peak(60, "adjoint")
     slot3, slot60 = peak(3, "adjoint", checkpoint_slots=8), peak(60, "adjoint", checkpoint_slots=8)
     unr3, unr60 = peak(3, "unroll"), peak(60, "unroll")
     assert adj60 - adj3 <= 58 * vector * 1.05 + 2**16, (adj3, adj60, vector)
+    # a tape: the step's gradient (one vector) and ten images' activations (~half a vector)
+    assert 58 * vector < taped60 - taped3 <= 58 * 3 * vector, (taped3, taped60, vector)
     assert slot60 <= 1.2 * slot3, (slot3, slot60)
     assert unr60 - unr3 >= 3 * (adj60 - adj3), (unr3, unr60, adj3, adj60)
 
@@ -266,7 +272,7 @@ def test_engine_runs_on_either_op_backend(golden_dir, backend):
             g["real_x"],
             g["real_y"],
         )
-        used = ops.last_backend("adjoint_update")
+        used = ops.last_backend("inner_update")  # both sweeps (tapes skip adjoint_update)
     finally:
         ops.set_backend(None)
     assert rel(hg.grad_data, g["grad_data"]) < 1e-12

@@ -204,6 +204,9 @@ def test_invalid_codes_are_rejected_not_read(kernels, device, bad):
         assert what
 
 
+ALL = [True, True, True, True]  # backward_tangent's output mask: every output
+
+
 def tangent_problem(shape, dtype, device):
     x, w, _, pad = problem(shape, dtype, device)
     _, code = ref.conv_pool_forward(x, w, None, pad, True)
@@ -221,10 +224,18 @@ def tangent_problem(shape, dtype, device):
 def test_backward_tangent_matches_reference(kernels, device, dtype, with_xt, shape):
     grad, grad_t, x, x_t, w, w_t, code, pad = tangent_problem(shape, dtype, device)
     x_t = x_t if with_xt else None
-    for mask in ([True, True, True], [False, True, False], [True, False, True]):
+    masks = (
+        [True, True, True, True],
+        [False, True, False, True],
+        [True, False, True, True],
+        [False, True, True, False],  # the fused step's replay: tangent outputs only
+        [False, False, False, False],
+    )
+    for mask in masks:
         got = kernels.conv_pool_backward_tangent(grad, grad_t, x, x_t, w, w_t, code, pad, mask)
         want = ref.conv_pool_backward_tangent(grad, grad_t, x, x_t, w, w_t, code, pad, mask)
-        wanted = [mask[0], True, mask[2], mask[1], True, mask[2]]
+        primal_b = mask[2] and mask[3]
+        wanted = [mask[0], mask[3], primal_b, mask[1], True, mask[2]]
         for g, e, m in zip(got, want, wanted, strict=True):
             if m:
                 assert g.shape == e.shape and rel(g, e) < tol(dtype)
@@ -242,7 +253,7 @@ def test_backward_tangent_is_the_derivative_of_backward(kernels):
 
     primal, tangent = torch.func.jvp(bwd, (grad, x, w), (grad_t, x_t, w_t))
     got = kernels.conv_pool_backward_tangent(
-        grad, grad_t, x, x_t, w, w_t, code, pad, [True, True, True]
+        grad, grad_t, x, x_t, w, w_t, code, pad, [True, True, True, True]
     )
     for g, e in zip(got, (*primal, *tangent), strict=True):
         assert rel(g, e) < 1e-12
@@ -253,19 +264,27 @@ def test_backward_tangent_wrapper_and_errors(kernels):
     out = ops.conv_pool_backward_tangent(grad, grad_t, x, None, w, w_t, code, pad)
     assert ops.last_backend("conv_pool_backward_tangent").backend == "kernel"
     assert [t.shape for t in out] == [x.shape, w.shape, (3, 16), x.shape, w.shape, (3, 16)]
+    tangent_only = ops.conv_pool_backward_tangent(
+        grad, grad_t, x, None, w, w_t, code, pad, [False, True, True, False]
+    )
+    assert [t.numel() for t in tangent_only[:3]] == [0, 0, 0]
+    for got, want in zip(tangent_only[3:], out[3:], strict=True):
+        assert torch.equal(got, want)  # skipping the primal outputs changes no tangent bit
+    with pytest.raises(ValueError, match="output_mask needs 4 entries"):
+        ops.conv_pool_backward_tangent(grad, grad_t, x, None, w, w_t, code, pad, [True])
     op = kernels.conv_pool_backward_tangent
     with pytest.raises(ValueError, match="`grad_t` must have the same shape as `grad`"):
-        op(grad, grad_t[:1], x, None, w, w_t, code, pad, [True, True, True])
+        op(grad, grad_t[:1], x, None, w, w_t, code, pad, ALL)
     with pytest.raises(ValueError, match="`w_t` must have the same shape as `w`"):
-        op(grad, grad_t, x, None, w, w_t[:1], code, pad, [True, True, True])
+        op(grad, grad_t, x, None, w, w_t[:1], code, pad, ALL)
     with pytest.raises(ValueError, match="`x_t` must have the same shape as `x`"):
-        op(grad, grad_t, x, x_t[:1], w, w_t, code, pad, [True, True, True])
+        op(grad, grad_t, x, x_t[:1], w, w_t, code, pad, ALL)
     with pytest.raises(TypeError, match="`x_t` must have the same dtype"):
-        op(grad, grad_t, x, x_t.double(), w, w_t, code, pad, [True, True, True])
+        op(grad, grad_t, x, x_t.double(), w, w_t, code, pad, ALL)
     bad = code.clone()
     bad.view(-1)[3] = 9
     with pytest.raises(ValueError, match="invalid value 9 at flat index 3"):
-        op(grad, grad_t, x, x_t, w, w_t, bad, pad, [True, True, True])
+        op(grad, grad_t, x, x_t, w, w_t, bad, pad, ALL)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -273,7 +292,12 @@ def test_backward_tangent_opcheck(kernels, device):
     for dtype in DTYPES:
         for shape in (SHAPES[2], SHAPES[1]):
             grad, grad_t, x, x_t, w, w_t, code, pad = tangent_problem(shape, dtype, device)
-            for xt, mask in ((x_t, [True, True, True]), (None, [False, True, False])):
+            masks = (
+                (x_t, ALL),
+                (None, [False, True, False, True]),
+                (x_t, [False, True, True, False]),
+            )
+            for xt, mask in masks:
                 torch.library.opcheck(
                     kernels.conv_pool_backward_tangent.default,
                     (grad, grad_t, x, xt, w, w_t, code, pad, mask),
@@ -285,5 +309,6 @@ def test_backward_tangent_meta(kernels):
     w = torch.empty(3, 4, 2, 3, 3, device="meta")
     g = torch.empty(7, 12, 5, 3, device="meta")
     code = torch.empty(7, 12, 5, 3, device="meta", dtype=torch.uint8)
-    out = kernels.conv_pool_backward_tangent(g, g, x, None, w, w, code, [1, 0], [False, True, True])
+    mask = [False, True, True, True]
+    out = kernels.conv_pool_backward_tangent(g, g, x, None, w, w, code, [1, 0], mask)
     assert [tuple(t.shape) for t in out] == [(0,), w.shape, (3, 4), x.shape, w.shape, (3, 4)]

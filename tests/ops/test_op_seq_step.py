@@ -127,3 +127,110 @@ def test_opcheck(kernels):
         (w, v, x, y, spec, "soft", True, True),
         test_utils=("test_schema", "test_faketensor"),
     )
+
+
+# -- seq_step_record / seq_step_replay: the tape between the adjoint's two sweeps ------------
+def _lenet_first_flat_spec(k=K):
+    """A net whose first layers carry no weights (flatten, tanh) before the first linear."""
+    spec, P, shape = _mlp_spec(k)
+    return [2, 5] + spec[1:], P, shape
+
+
+TAPE_SPECS = {**SPECS, "flat-tanh": _lenet_first_flat_spec}
+
+
+@pytest.mark.parametrize("name", list(TAPE_SPECS))
+@pytest.mark.parametrize("loss", INNER)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("nets", [1, 3])
+def test_replay_is_seq_step_bit_for_bit(kernels, name, loss, dtype, nets):
+    """The recorded gradient is seq_step's, and the replayed products are seq_step's with v,
+    exactly: the replay skips work, not arithmetic."""
+    k = 1 if loss == "binary" else K
+    spec, P, shape = TAPE_SPECS[name](k)
+    w = make((nets, P), dtype, seed=1, scale=0.3)
+    v = make((nets, P), dtype, seed=2)
+    x = make((6, *shape), dtype, seed=3)
+    y = (
+        (make((6,), dtype, seed=4) > 0).to(dtype)
+        if loss == "binary"
+        else make((6, k), dtype, seed=4)
+    )
+    value, g, tape = kernels.seq_step_record(w, x, y, spec, loss)
+    want = kernels.seq_step(w, None, x, y, spec, loss, False, False)
+    assert torch.equal(value, want[0]) and torch.equal(g, want[1])
+    for need_dx, need_dy in ((True, True), (False, False), (True, False)):
+        got = kernels.seq_step_replay(w, v, x, y, spec, loss, tape, need_dx, need_dy)
+        full = kernels.seq_step(w, v, x, y, spec, loss, need_dx, need_dy)
+        for a, b, what in zip(got[:3], full[2:], ("hv", "dx", "dy"), strict=True):
+            assert a.shape == b.shape and torch.equal(a, b), what
+        # <g, v> read off the logits: the same number to rounding
+        gv = (g.double() * v.double()).sum()
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        assert got[3].shape == () and abs(got[3].double() - gv) <= tol * (g.abs() * v.abs()).sum()
+    assert got[0].abs().sum() > 0
+
+
+def test_replay_matches_the_autograd_reference(kernels):
+    w, v, x, y, spec = _problem("lenet", "soft")
+    _, _, tape = kernels.seq_step_record(w, x, y, spec, "soft")
+    got = kernels.seq_step_replay(w, v, x, y, spec, "soft", tape, True, True)
+    want = reference.seq_step(w, v, x, y, spec, "soft", True, True)
+    for a, b in zip(got, (*want[2:], (want[1] * v).sum()), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_replay_rejects_a_tape_that_does_not_fit(kernels):
+    w, v, x, y, spec = _problem("lenet", "soft")
+    _, _, tape = kernels.seq_step_record(w, x, y, spec, "soft")
+    replay = kernels.seq_step_replay
+    with pytest.raises(ValueError, match="the tape has 3 entries"):
+        replay(w, v, x, y, spec, "soft", tape[:3], True, True)
+    _, _, other = kernels.seq_step_record(w, x[:4], y[:4], spec, "soft")
+    with pytest.raises(ValueError, match="tape entry `output` of layer 0 does not fit"):
+        replay(w, v, x, y, spec, "soft", other, True, True)
+    bad = list(tape)
+    bad[1] = bad[1].clone()
+    bad[1].view(-1)[2] = 7  # a window code outside 0-3: never an out-of-bounds read
+    with pytest.raises(ValueError, match="invalid value 7"):
+        replay(w, v, x, y, spec, "soft", bad, True, True)
+    bad = list(tape)
+    bad[2] = bad[2].float()
+    with pytest.raises(ValueError, match="`cotangent` of layer 0"):
+        replay(w, v, x, y, spec, "soft", bad, True, True)
+    with pytest.raises(ValueError, match="must be an inner loss"):
+        kernels.seq_step_record(w, x, y.argmax(1), spec, "ce")
+
+
+def test_replay_wrapper_falls_back_without_a_tape(kernels):
+    """A tape recorded on the reference is empty; replaying it computes the whole step."""
+    w, v, x, y, spec = _problem("mlp", "softmax")
+    ops.set_backend("reference")
+    try:
+        value, g, tape = ops.seq_step_record(w, x, y, spec, "softmax")
+    finally:
+        ops.set_backend("auto")
+    assert tape == []
+    got = ops.seq_step_replay(w, v, x, y, spec, "softmax", tape, True, True)
+    want = reference.seq_step(w, v, x, y, spec, "softmax", True, True)
+    for a, b in zip((value, g, *got), (*want, (want[1] * v).sum()), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(TAPE_SPECS))
+def test_record_replay_opcheck(kernels, name):
+    spec, P, shape = TAPE_SPECS[name](K)
+    w = make((2, P), torch.float64, seed=1, scale=0.3)
+    v = make((2, P), torch.float64, seed=2)
+    x = make((6, *shape), torch.float64, seed=3)
+    y = make((6, K), torch.float64, seed=4)
+    utils = ("test_schema", "test_faketensor")
+    torch.library.opcheck(
+        kernels.seq_step_record.default, (w, x, y, spec, "soft"), test_utils=utils
+    )
+    _, _, tape = kernels.seq_step_record(w, x, y, spec, "soft")
+    torch.library.opcheck(
+        kernels.seq_step_replay.default,
+        (w, v, x, y, spec, "soft", tape, True, True),
+        test_utils=utils,
+    )

@@ -127,7 +127,9 @@ inline ConvPoolBackwardCall prepare_conv_pool_backward(const char* op, const Con
 }
 
 // backward_tangent: the primal backward's tensors plus the tangent stream. mask = (dx, dx_t,
-// biases); dw and dw_t are always computed. x_t may be undefined (no input tangent).
+// biases, primal weight gradients): dw_t is always computed, dw (and db) only with mask[3]
+// (the fused step skips them when its gradient step already has them). x_t may be undefined
+// (no input tangent).
 struct ConvPoolBackwardTangentCall {
   at::Tensor gc, gtc, xc, xtc, wc, wtc, cc, dx, dw, db, dx_t, dw_t, db_t;
   ConvPoolParams p;
@@ -137,7 +139,7 @@ struct ConvPoolBackwardTangentCall {
 inline ConvPoolBackwardTangentCall prepare_conv_pool_backward_tangent(
     const char* op, const ConvPoolDims& d, const at::Tensor& grad, const at::Tensor& grad_t,
     const at::Tensor& x, const std::optional<at::Tensor>& x_t, const at::Tensor& w,
-    const at::Tensor& w_t, const at::Tensor& code, std::array<bool, 3> mask) {
+    const at::Tensor& w_t, const at::Tensor& code, std::array<bool, 4> mask) {
   check_conv_pool_code(op, d, code, x, &grad);
   check_conv_pool_tangent(op, grad, grad_t, x, x_t, w, w_t);
   const bool has_xt = x_t.has_value() && x_t->defined();
@@ -155,9 +157,9 @@ inline ConvPoolBackwardTangentCall prepare_conv_pool_backward_tangent(
   };
   c.dx = out(mask[0], x.sizes());
   c.dx_t = out(mask[1], x.sizes());
-  c.dw = at::empty(w.sizes(), opts);
+  c.dw = out(mask[3], w.sizes());
   c.dw_t = at::empty(w.sizes(), opts);
-  c.db = out(mask[2], {d.B, d.Cout});
+  c.db = out(mask[2] && mask[3], {d.B, d.Cout});
   c.db_t = out(mask[2], {d.B, d.Cout});
   c.p = conv_pool_params(d, x);
   c.empty = d.N == 0 || d.HP == 0 || d.WP == 0;
@@ -174,9 +176,9 @@ inline ConvPoolBackwardTangentCall prepare_conv_pool_backward_tangent(
   c.p.code = c.cc.const_data_ptr<uint8_t>();
   c.p.dx = mask[0] ? c.dx.data_ptr() : nullptr;
   c.p.dx_t = mask[1] ? c.dx_t.data_ptr() : nullptr;
-  c.p.dw = c.dw.data_ptr();
+  c.p.dw = mask[3] ? c.dw.data_ptr() : nullptr;
   c.p.dw_t = c.dw_t.data_ptr();
-  c.p.db = mask[2] ? c.db.data_ptr() : nullptr;
+  c.p.db = mask[2] && mask[3] ? c.db.data_ptr() : nullptr;
   c.p.db_t = mask[2] ? c.db_t.data_ptr() : nullptr;
   return c;
 }

@@ -13,10 +13,13 @@ from fastdistill.engine.fused.autograd import (
 from fastdistill.engine.fused.layers import LayerKind, Unsupported
 from fastdistill.engine.fused.plan import Plan, build_plan, cached_plan
 from fastdistill.engine.fused.step import (
+    Tape,
     describe,
     fused_enabled,
     inner_grad,
+    inner_grad_record,
     inner_hvp,
+    inner_hvp_replay,
     outer_value_and_grad,
     set_fused,
     uses_fused,
@@ -25,6 +28,7 @@ from fastdistill.engine.fused.step import (
 __all__ = [
     "LayerKind",
     "Plan",
+    "Tape",
     "Unsupported",
     "autograd_inner_grad",
     "autograd_inner_hvp",
@@ -34,7 +38,9 @@ __all__ = [
     "describe",
     "fused_enabled",
     "inner_grad",
+    "inner_grad_record",
     "inner_hvp",
+    "inner_hvp_replay",
     "outer_value_and_grad",
     "set_fused",
     "uses_fused",

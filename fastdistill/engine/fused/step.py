@@ -9,7 +9,6 @@ the tests. ``describe(model)`` says which path a model takes and why. ``FASTDIST
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from typing import Any
@@ -31,10 +30,13 @@ from fastdistill.engine.fused.run import run_plan
 from fastdistill.engine.losses import LabelKind
 
 __all__ = [
+    "Tape",
     "describe",
     "fused_enabled",
     "inner_grad",
+    "inner_grad_record",
     "inner_hvp",
+    "inner_hvp_replay",
     "outer_value_and_grad",
     "set_fused",
     "uses_fused",
@@ -95,13 +97,6 @@ def _shape_key(x: Tensor) -> tuple[Any, ...]:
     return (tuple(x.shape[1:]), x.dtype, x.device.type)
 
 
-def _below_autograd():
-    """Skip the autograd dispatch layer (nothing here records a graph): saves a few
-    microseconds per op call, many per step."""
-    guard = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
-    return guard() if guard is not None else contextlib.nullcontext()
-
-
 def _fused_call(model: FlatModel, w: Tensor, x: Tensor, fn):
     """Run ``fn(plan)`` on the fused path if this model and input allow it, else None."""
     got = cached_plan(model)
@@ -111,7 +106,7 @@ def _fused_call(model: FlatModel, w: Tensor, x: Tensor, fn):
     if key in got.bad_shapes:
         return None
     try:
-        with torch.no_grad(), _below_autograd():
+        with torch.no_grad(), ops.below_autograd():
             return fn(got)
     except Unsupported as exc:
         got.bad_shapes.add(key)
@@ -140,6 +135,9 @@ def _seq_step(plan, w, v, x, y, loss, need_dx, need_dy):
         raise Unsupported(str(exc).splitlines()[0]) from exc
 
 
+Tape = list[Tensor]  # what one step's gradient call kept for its Hessian-vector call
+
+
 # -- public entry points ----------------------------------------------------------------------
 def inner_grad(model: FlatModel, w: Tensor, x: Tensor, y: Tensor, kind: LabelKind) -> Tensor:
     """``grad_w`` of the summed inner losses of B nets, ``[B, P]`` (detached)."""
@@ -152,6 +150,51 @@ def inner_grad(model: FlatModel, w: Tensor, x: Tensor, y: Tensor, kind: LabelKin
 
     out = _fused_call(model, w, x, fused)
     return out if out is not None else autograd_inner_grad(model, w, x, y, kind)
+
+
+def inner_grad_record(
+    model: FlatModel, w: Tensor, x: Tensor, y: Tensor, kind: LabelKind
+) -> tuple[Tensor, Tape | None]:
+    """:func:`inner_grad` and, on the one-call C++ path, the tape that
+    :func:`inner_hvp_replay` of the same step (same ``w``, ``x``, ``y``) turns into its products
+    without redoing the primal pass; None elsewhere."""
+
+    def fused(plan: Plan) -> tuple[Tensor, Tape | None]:
+        if _seq(plan, w, x):
+            try:
+                _, g, tape = ops.seq_step_record(w.detach(), x, y, plan.spec, kind)
+            except ValueError as exc:  # as in _seq_step: this input is not supported
+                raise Unsupported(str(exc).splitlines()[0]) from exc
+            return g, tape
+        loss = lambda z, zd: inner_loss_grads(z, y, kind, None, False)
+        return run_plan(plan, w.detach(), x, loss=loss)[1], None
+
+    out = _fused_call(model, w, x, fused)
+    return out if out is not None else (autograd_inner_grad(model, w, x, y, kind), None)
+
+
+def inner_hvp_replay(
+    model: FlatModel,
+    w: Tensor,
+    x: Tensor,
+    y: Tensor,
+    kind: LabelKind,
+    v: Tensor,
+    learn_labels: bool,
+    tape: Tape,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """``(H_ww v, (d2l/dx dw) v, (d2l/dy dw) v or None, <g, v>)`` of :func:`inner_hvp` from
+    the tape :func:`inner_grad_record` returned for this step: the same products, bit for bit,
+    without the primal forward and backward, and the 0-d ``<g, v>`` summed over nets (to
+    rounding; read off the logits, so the step's gradient need not be kept)."""
+    plan = cached_plan(model)
+    if isinstance(plan, str) or plan.spec is None:
+        raise RuntimeError(f"a tape was recorded for {model!r}, which has no one-call C++ step")
+    with torch.no_grad(), ops.below_autograd():
+        hv, dx, dy, gv = ops.seq_step_replay(
+            w.detach(), v.detach(), x, y, plan.spec, kind, tape, True, learn_labels
+        )
+    return hv, dx, (dy if learn_labels else None), gv
 
 
 def inner_hvp(

@@ -193,15 +193,17 @@ def conv_pool_backward_tangent(
     """``conv_pool_backward`` and its tangent along ``(grad_t, x_t, w_t)`` (the codes are
     piecewise constant): ``(dx, dw, db, dx_t, dw_t, db_t)``. The backward is bilinear in
     ``(grad, x)`` and ``(grad, w)``, so the tangent is a sum of backward passes. ``output_mask``
-    is ``(dx, dx_t, db and db_t)``; ``dw`` and ``dw_t`` are always computed."""
+    is ``(dx, dx_t, db and db_t, dw and db)`` (3 entries: dw and db as well); ``dw_t`` is always
+    computed."""
     op = "fastdistill::conv_pool_backward_tangent"
     conv_pool_dims(op, x, w, None, padding)
     if grad_t.shape != grad.shape or w_t.shape != w.shape:
         raise ValueError(f"{op}: `grad_t` must match `grad` and `w_t` must match `w`")
     if x_t is not None and x_t.shape != x.shape:
         raise ValueError(f"{op}: `x_t` must match `x`")
-    need_dx, need_dxt, need_b = (bool(m) for m in output_mask)
-    dx, dw, db = conv_pool_backward(grad, x, w, code, padding, [need_dx, True, need_b])
+    mask = [bool(m) for m in output_mask] + [True] * (4 - len(output_mask))
+    need_dx, need_dxt, need_b, primal = mask
+    dx, dw, db = conv_pool_backward(grad, x, w, code, padding, [need_dx, primal, need_b and primal])
     dx_t, dw_t, db_t = conv_pool_backward(grad_t, x, w, code, padding, [need_dxt, True, need_b])
     if need_dxt:
         dx_t = dx_t + conv_pool_backward(grad, x, w_t, code, padding, [True, False, False])[0]

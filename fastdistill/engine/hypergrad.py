@@ -15,7 +15,10 @@ Two engines compute the same numbers (to float64 precision):
   recomputed is a checkpoint schedule (``fastdistill.engine.checkpointing``): by default every
   ``w_t`` is stored when the ``T`` vectors fit in ``checkpoint_memory`` (256 MiB: always, for
   the paper's models), so nothing is recomputed; otherwise as many as fit, placed by binomial
-  checkpointing (recomputation grows like ``T^(1/slots)``). ``checkpoint_slots`` fixes the slot
+  checkpointing (recomputation grows like ``T^(1/slots)``). Where nothing is recomputed, each
+  forward step also keeps a replay tape (what the reverse call of that step needs from its
+  primal pass) in the memory the weights leave free, so the reverse sweep computes only the
+  tangent streams. ``checkpoint_slots`` fixes the slot
   count instead (at most ``checkpoint_outer_slots`` of them filled during the real-batch outer
   pass), ``checkpoint_every=k`` stores every k-th vector (``~T/k + k`` vectors).
 
@@ -109,7 +112,9 @@ def hypergradient(
         checkpoint_memory: adjoint only, when neither of the above is given: bytes the stored
             weight vectors may take (default ``DEFAULT_CHECKPOINT_MEMORY``, 256 MiB). Every
             ``w_t`` is stored when they fit (``T`` forward steps, no recomputation: LeNet at
-            T=30 needs 7.4 MB), else as many as fit, in a binomial schedule.
+            T=30 needs 7.4 MB), else as many as fit, in a binomial schedule. What is left holds
+            replay tapes (LeNet on ten images: ~2/3 of a weight vector per step); a budget of
+            the ``T + 1`` weight vectors alone turns them off.
         outer_chunk: adjoint only; run the real-batch outer pass (loss and gradient at
             ``w_T``) over chunks of at most this many examples and add them up, so its
             activations, the peak of the call for large real batches or long texts, shrink by

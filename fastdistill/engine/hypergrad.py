@@ -351,11 +351,14 @@ class _Tapes:
     def __init__(self, on: bool, budget: int) -> None:
         self.on, self.left = on, budget
         self.kept: dict[int, fused.Tape] = {}
+        self.size: int | None = None  # every step's tape has the same entries (one data shape)
 
     def grad(self, model: FlatModel, t: int, w: Tensor, x: Tensor, y: Tensor, kind) -> Tensor:
         with torch.enable_grad():  # for the autograd fallback
             g, tape = fused.inner_grad_record(model, w, x, y, kind)
-        size = sum(e.nbytes for e in tape or ())
+        if tape is not None and self.size is None:
+            self.size = sum(e.nbytes for e in tape)
+        size = self.size or 0
         if tape is None or size > self.left:
             self.on = False
         else:

@@ -122,3 +122,38 @@ def test_soft_label_loss(benchmark, impl, what, kind, K, device):
             return torch.autograd.grad(gz, (z, y), u)
 
     _run(benchmark, fn, device)
+
+
+# AlexCifarNet's pools and norms: a 128-image real-batch chunk and the 10 distilled images.
+POOL_SHAPES = [(128, 64, 32, 32), (10, 64, 32, 32)]
+
+
+@pytest.mark.parametrize("shape", POOL_SHAPES, ids=str)
+@pytest.mark.parametrize("impl", ["kernel", "aten"])
+def test_max_pool2d_3x3_stride2(benchmark, impl, shape):
+    benchmark.group = f"max_pool2d fwd+bwd {shape}"
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).relu()
+    x.requires_grad_()
+    pool = ops.max_pool2d if impl == "kernel" else F.max_pool2d
+    if impl == "kernel":
+        _kernels()
+    g = torch.randn(pool(x, 3, 2, 1).shape)
+
+    def fn():
+        torch.autograd.grad(pool(x, 3, 2, 1), x, g)
+
+    _run(benchmark, fn, "cpu")
+
+
+@pytest.mark.parametrize("impl", ["kernel", "reference"])
+def test_local_response_norm_second_derivatives(benchmark, impl):
+    benchmark.group = "local_response_norm_backward_backward [10, 64, 16, 16]"
+    gen = torch.Generator().manual_seed(0)
+    g, x, u = (torch.randn(10, 64, 16, 16, generator=gen) for _ in range(3))
+    args = (4, 0.001 / 9.0, 0.75, 1.0)
+    if impl == "kernel":
+        op = _kernels().local_response_norm_backward_backward
+        fn = lambda: op(g, x, u, *args)
+    else:
+        fn = lambda: reference.local_response_norm_backward_backward(g, x, u, *args)
+    _run(benchmark, fn, "cpu")

@@ -127,11 +127,22 @@ TORCH_LIBRARY(fastdistill, m) {
   m.def("small_bmm(Tensor a, Tensor m, Tensor? bias, Tensor? acc) -> Tensor");
   // Local response normalisation across channels of input [N, C, ...] (torch's
   //   local_response_norm: y = x / (k + alpha / size * sum of x^2 over the channel window)^beta)
-  //   and its vector-Jacobian product (grad [N, C, ...] -> d/dinput).
+  //   its vector-Jacobian product (grad [N, C, ...] -> d/dinput), and that product's own
+  //   derivatives along gg: (J gg, H gg), J the Jacobian of the norm, H the Hessian of
+  //   <grad, norm(input)>.
   m.def("local_response_norm(Tensor input, int size, float alpha, float beta, float k) -> Tensor");
   m.def(
       "local_response_norm_backward(Tensor grad, Tensor input, int size, float alpha, "
       "float beta, float k) -> Tensor");
+  m.def(
+      "local_response_norm_backward_backward(Tensor grad, Tensor input, Tensor gg, int size, "
+      "float alpha, float beta, float k) -> (Tensor, Tensor)");
+  // 2-D max pooling of [N, C, H, W] (or [C, H, W]) without dilation or ceil mode: the output
+  //   and ATen's indices (h * W + w within each plane), for ATen's backward.
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding) -> "
+      "(Tensor, Tensor)");
+  m.def("max_pool2d_backward(Tensor grad, Tensor indices, Tensor input) -> Tensor");
   // Build configuration as a JSON string.
   m.def("build_info() -> str", &build_info);
 }

@@ -22,6 +22,19 @@ class LocalResponseNorm(nn.LocalResponseNorm):
         return ops.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` on ``fastdistill.ops.max_pool2d`` where it applies (no dilation, no ceil
+    mode, no returned indices): the same values, indices and derivatives, without ATen's slow
+    channels-first CPU kernel."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.dilation not in (1, (1, 1)) or self.ceil_mode or self.return_indices:
+            return super().forward(input)
+        if input.dtype not in (torch.float32, torch.float64) or input.dim() not in (3, 4):
+            return super().forward(input)
+        return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding)
+
+
 def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
@@ -77,12 +90,12 @@ class AlexCifarNet(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 64, 5, padding=2),
             nn.ReLU(),
-            nn.MaxPool2d(3, stride=2, padding=1),
+            MaxPool2d(3, stride=2, padding=1),
             LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1.0),
             nn.Conv2d(64, 64, 5, padding=2),
             nn.ReLU(),
             LocalResponseNorm(4, alpha=0.001 / 9.0, beta=0.75, k=1.0),
-            nn.MaxPool2d(3, stride=2, padding=1),
+            MaxPool2d(3, stride=2, padding=1),
         )
         side = _conv_out(_conv_out(image_size, 3, 2, 1), 3, 2, 1)
         self.classifier = nn.Sequential(

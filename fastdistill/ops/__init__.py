@@ -34,6 +34,7 @@ from fastdistill.ops._conv_pool import (
 from fastdistill.ops._inner_update import inner_update
 from fastdistill.ops._local_response_norm import local_response_norm
 from fastdistill.ops._malloc import keep_freed_memory, malloc_state
+from fastdistill.ops._max_pool import max_pool2d, max_pool2d_with_indices
 from fastdistill.ops._nearest_embedding import embedding_table_norms, nearest_embedding
 from fastdistill.ops._seq_step import seq_step, seq_step_record, seq_step_replay
 from fastdistill.ops._small_bmm import small_bmm
@@ -58,6 +59,8 @@ __all__ = [
     "last_backend",
     "local_response_norm",
     "malloc_state",
+    "max_pool2d",
+    "max_pool2d_with_indices",
     "nearest_embedding",
     "reference",
     "runs_kernel",

@@ -36,6 +36,9 @@ OPS = (
     "seq_step_replay",
     "small_bmm",
     "local_response_norm",
+    "local_response_norm_backward_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
 )
 
 

@@ -1,11 +1,10 @@
 """``fastdistill.ops.local_response_norm``: local response normalisation across channels,
 kernel or reference (torch's formula), differentiable to any order on both paths.
 
-The kernel path runs the forward and the first derivative in one pass each, where torch's
-formula costs a padded copy, an ``avg_pool3d`` and several elementwise passes over the
-activations (AlexCifarNet's real-batch pass spent about a fifth of its time there). Second
-derivatives go through the reference's closed form: in the engine they only see the few
-distilled examples of the inner steps.
+The kernel path runs the forward, the first derivative and the second derivatives (when no
+third is being recorded) in one pass each, where torch's formula costs a padded copy, an
+``avg_pool3d`` and several elementwise passes over the activations (AlexCifarNet's real-batch
+pass spent about a fifth of its time there, its Hessian-vector products a sixth).
 """
 
 from __future__ import annotations
@@ -72,17 +71,25 @@ def _backward_setup(ctx, inputs, output) -> None:
 
 
 def _backward_backward(ctx, gg: Tensor):
-    # Second derivatives (the Hessian-vector products of the inner steps): the vector-Jacobian
-    # product of the reference's closed-form backward, plain differentiable PyTorch.
+    # Second derivatives (the Hessian-vector products of the inner steps): one kernel pass
+    # where no higher derivative is being recorded, else the reference's differentiable form.
     grad, x = ctx.saved_tensors
     need_grad, need_x = ctx.needs_input_grad[:2]
     if not (need_grad or need_x):
         return (None,) * 6
-    _, vjp = torch.func.vjp(
-        lambda g, i: reference.local_response_norm_backward(g, i, *ctx.params), grad, x
-    )
-    d_grad, d_x = vjp(gg)
+    recording = torch.is_grad_enabled() and any(t.requires_grad for t in (grad, x, gg))
+    if not recording and _backend.runs_kernel(f"{_OP}_backward_backward", x.device):
+        d_grad, d_x = torch.ops.fastdistill.local_response_norm_backward_backward.default(
+            grad, x, gg.contiguous(), *ctx.params
+        )
+    else:
+        d_grad, d_x = reference.local_response_norm_backward_backward(grad, x, gg, *ctx.params)
     return (d_grad if need_grad else None), (d_x if need_x else None), None, None, None, None
+
+
+def _backward_backward_fake(grad, input, gg, size, alpha, beta, k):
+    torch._check(grad.shape == input.shape, lambda: f"{_LRN}_backward_backward: shape mismatch")
+    return torch.empty_like(input), torch.empty_like(input)
 
 
 @_library.on_load
@@ -90,6 +97,7 @@ def _register() -> None:
     lib = torch.library
     lib.register_fake(_LRN)(_fake)
     lib.register_fake(f"{_LRN}_backward")(_backward_fake)
+    lib.register_fake(f"{_LRN}_backward_backward")(_backward_backward_fake)
     lib.register_autograd(_LRN, _backward, setup_context=_setup)
     lib.register_autograd(f"{_LRN}_backward", _backward_backward, setup_context=_backward_setup)
     if hasattr(lib, "register_vmap"):  # torch >= 2.5: samples are independent rows
@@ -97,4 +105,7 @@ def _register() -> None:
         lib.register_vmap(_LRN)(rows_vmap(ops.local_response_norm.default, 1))
         lib.register_vmap(f"{_LRN}_backward")(
             rows_vmap(ops.local_response_norm_backward.default, 2)
+        )
+        lib.register_vmap(f"{_LRN}_backward_backward")(
+            rows_vmap(ops.local_response_norm_backward_backward.default, 3)
         )

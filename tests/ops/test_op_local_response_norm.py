@@ -147,3 +147,52 @@ def test_vmap_over_nets_folds_into_samples(kernels):
     back = torch.vmap(lambda gy, t: kernels.local_response_norm_backward(gy, t, 4, 0.1, 0.75, 1.0))
     flat = kernels.local_response_norm_backward(g.flatten(0, 1), x.flatten(0, 1), 4, 0.1, 0.75, 1.0)
     torch.testing.assert_close(back(g, x), flat.view_as(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape, size", CASES, ids=str)
+@pytest.mark.parametrize("alpha, beta, k", PARAMS)
+def test_second_derivative_kernel_matches_reference(kernels, dtype, shape, size, alpha, beta, k):
+    x = make(shape, dtype, seed=21, scale=3.0)
+    g = make(shape, dtype, seed=22)
+    u = make(shape, dtype, seed=23)
+    want = reference.local_response_norm_backward_backward(g, x, u, size, alpha, beta, k)
+    got = kernels.local_response_norm_backward_backward(g, x, u, size, alpha, beta, k)
+    tol = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else _tol(dtype)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_hessian_vector_product_takes_the_second_derivative_kernel(kernels):
+    """What the adjoint asks: grad with create_graph, then a vector-Jacobian product of it."""
+    x = make((3, 8, 5, 5), torch.float64, seed=24, scale=2.0).requires_grad_()
+    w = make((3, 8, 5, 5), torch.float64, seed=25)
+    v = make((3, 8, 5, 5), torch.float64, seed=26)
+
+    def hvp(fn):
+        (g,) = torch.autograd.grad((fn(x, 4, 0.3, 0.75, 1.0) * w).sum(), x, create_graph=True)
+        return torch.autograd.grad((g * v).sum(), x)[0]
+
+    got = hvp(ops.local_response_norm)
+    assert ops.last_backend("local_response_norm_backward_backward").backend == "kernel"
+    torch.testing.assert_close(got, hvp(F.local_response_norm), rtol=1e-11, atol=1e-13)
+
+
+def test_third_derivatives_still_flow_through_the_reference(kernels):
+    x = make((2, 5, 3, 3), torch.float64, seed=27).requires_grad_()
+    g = make((2, 5, 3, 3), torch.float64, seed=28).requires_grad_()
+    back = lambda gy, t: kernels.local_response_norm_backward(gy, t, 3, 0.7, 0.75, 1.5)
+    assert torch.autograd.gradgradcheck(back, (g, x))
+
+
+def test_second_derivative_opcheck_and_vmap(kernels):
+    x, g, u = (make((2, 6, 4, 4), torch.float32, seed=s) for s in (29, 30, 31))
+    op = kernels.local_response_norm_backward_backward
+    torch.library.opcheck(
+        op.default, (g, x, u, 4, 0.1, 0.75, 1.0), test_utils=("test_schema", "test_faketensor")
+    )
+    xb, gb, ub = (make((3, 2, 6, 4, 4), torch.float32, seed=s) for s in (32, 33, 34))
+    got = torch.vmap(lambda a, b, c: op(a, b, c, 4, 0.1, 0.75, 1.0))(gb, xb, ub)
+    flat = op(gb.flatten(0, 1), xb.flatten(0, 1), ub.flatten(0, 1), 4, 0.1, 0.75, 1.0)
+    for a, b in zip(got, flat, strict=True):
+        torch.testing.assert_close(a, b.view_as(a))

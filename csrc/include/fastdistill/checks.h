@@ -26,6 +26,13 @@ inline std::string shape_str(const at::Tensor& t) {
   return s + "]";
 }
 
+// An int list (kernel sizes, strides) as "[a, b]".
+inline std::string shape_str(c10::IntArrayRef v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
 inline bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }

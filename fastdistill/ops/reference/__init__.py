@@ -13,7 +13,9 @@ from fastdistill.ops.reference.inner_update import inner_update
 from fastdistill.ops.reference.local_response_norm import (
     local_response_norm,
     local_response_norm_backward,
+    local_response_norm_backward_backward,
 )
+from fastdistill.ops.reference.max_pool import max_pool2d
 from fastdistill.ops.reference.nearest_embedding import embedding_table_norms, nearest_embedding
 from fastdistill.ops.reference.seq_step import seq_step
 from fastdistill.ops.reference.small_bmm import small_bmm
@@ -29,6 +31,8 @@ __all__ = [
     "inner_update",
     "local_response_norm",
     "local_response_norm_backward",
+    "local_response_norm_backward_backward",
+    "max_pool2d",
     "nearest_embedding",
     "seq_step",
     "small_bmm",

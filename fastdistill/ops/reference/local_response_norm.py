@@ -63,3 +63,18 @@ def local_response_norm_backward(
     q = base.pow(-beta)
     t = grad * input * q / base
     return grad * q - (2.0 * alpha * beta / size) * input * _window_sum(t, hi, lo)
+
+
+def local_response_norm_backward_backward(
+    grad: Tensor, input: Tensor, gg: Tensor, size: int, alpha: float, beta: float, k: float
+) -> tuple[Tensor, Tensor]:
+    """The derivatives of ``<gg, local_response_norm_backward(grad, input)>`` in ``grad`` and
+    ``input``: ``(J gg, H gg)``, J the norm's Jacobian, H the Hessian of ``<grad, norm(input)>``."""
+    op = f"{_OP}_backward_backward"
+    check_local_response_norm(op, input, size, alpha, beta, k)
+    check_like(op, "grad", grad, "input", input, same_shape=True)
+    check_like(op, "gg", gg, "input", input, same_shape=True)
+    _, vjp = torch.func.vjp(
+        lambda g, i: local_response_norm_backward(g, i, size, alpha, beta, k), grad, input
+    )
+    return vjp(gg)

@@ -136,8 +136,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad, const at::Tensor& indices,
                                    const at::Tensor& input) {
   const char* op = "fastdistill::max_pool2d_backward";
-  TORCH_CHECK_VALUE(input.defined() && grad.defined() && indices.defined(), op,
-                    ": undefined tensor argument");
+  check_float_input(op, "input", input, c10::DeviceType::CPU);
+  TORCH_CHECK_VALUE(indices.defined(), op, ": `indices` is an undefined tensor");
   TORCH_CHECK_VALUE(input.dim() == 3 || input.dim() == 4, op,
                     ": `input` must be [C, H, W] or [N, C, H, W], got shape ", shape_str(input));
   check_like(op, "grad", grad, "input", input, /*same_shape=*/false);

@@ -65,6 +65,17 @@ inline void check_reference_arg(const char* op, const char* name, const at::Tens
                     ref.device());
 }
 
+// `t` must be a defined float32/float64 tensor on `device_type` (ops with no half kernels).
+inline void check_float_input(const char* op, const char* name, const at::Tensor& t,
+                              c10::DeviceType device_type) {
+  TORCH_CHECK_VALUE(t.defined(), op, ": `", name, "` is an undefined tensor");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": `",
+                   name, "` must have dtype float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().type() == device_type, op, ": `", name, "` must be on a ",
+                    c10::DeviceTypeName(device_type, /*lower_case=*/true), " device, got ",
+                    t.device());
+}
+
 // `t` must match `ref` (named `ref_name`) in dtype and device, and in shape if `same_shape`.
 inline void check_like(const char* op, const char* name, const at::Tensor& t,
                        const char* ref_name, const at::Tensor& ref, bool same_shape) {

@@ -21,12 +21,7 @@ struct LrnParams {
 inline LrnParams check_local_response_norm(const char* op, const at::Tensor& input, int64_t size,
                                            double alpha, double beta, double k,
                                            c10::DeviceType device_type) {
-  TORCH_CHECK_VALUE(input.defined(), op, ": `input` is an undefined tensor");
-  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-                   ": `input` must have dtype float32 or float64, got ", input.scalar_type());
-  TORCH_CHECK_VALUE(input.device().type() == device_type, op, ": `input` must be on a ",
-                    c10::DeviceTypeName(device_type, /*lower_case=*/true), " device, got ",
-                    input.device());
+  check_float_input(op, "input", input, device_type);
   TORCH_CHECK_VALUE(input.dim() >= 3, op,
                     ": `input` must have 3 or more dimensions [N, C, ...], got shape ",
                     shape_str(input));

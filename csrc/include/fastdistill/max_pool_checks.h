@@ -19,12 +19,7 @@ struct PoolParams {
 inline PoolParams check_max_pool2d(const char* op, const at::Tensor& input,
                                    c10::IntArrayRef kernel, c10::IntArrayRef stride,
                                    c10::IntArrayRef padding, c10::DeviceType device_type) {
-  TORCH_CHECK_VALUE(input.defined(), op, ": `input` is an undefined tensor");
-  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
-                   ": `input` must have dtype float32 or float64, got ", input.scalar_type());
-  TORCH_CHECK_VALUE(input.device().type() == device_type, op, ": `input` must be on a ",
-                    c10::DeviceTypeName(device_type, /*lower_case=*/true), " device, got ",
-                    input.device());
+  check_float_input(op, "input", input, device_type);
   TORCH_CHECK_VALUE(input.dim() == 3 || input.dim() == 4, op,
                     ": `input` must be [C, H, W] or [N, C, H, W], got shape ", shape_str(input));
   TORCH_CHECK_VALUE(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2, op,

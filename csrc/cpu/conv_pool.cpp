@@ -33,6 +33,7 @@
 
 #include "fastdistill/checks.h"
 #include "fastdistill/conv_pool.h"
+#include "fastdistill/conv_pool_channel_tiles.h"
 #include "fastdistill/conv_pool_checks.h"
 #include "fastdistill/conv_pool_host.h"
 #include "fastdistill/cpu_target.h"
@@ -92,29 +93,59 @@ void fill_planes(T* dst, const T* src, const ConvPoolDims& d, const Flat& f) {
 // Blocks of NV vectors of positions: NV = 2 for large planes (two independent accumulator
 // chains per channel), NV = 1 for small ones (less padding waste), see pick_kernels().
 
-// out[c][j] = bias[c] + sum_k w[c*K + k] * plane[off[k] + j], j < Lpad, for COB channels.
-template <typename T, int COB, int NV>
-FD_ALWAYS_INLINE void corr_body(const T* __restrict__ plane, const int64_t* __restrict__ off,
-                                int64_t K, const T* __restrict__ w, const T* __restrict__ bias,
-                                T* __restrict__ out, int64_t Lpad) {
+// out[c][j] = bias[c] + sum_k w[c*K + k] * plane[off[k] + j] for COB channels and the NV
+// vectors of positions from j0 on (the sum in k order, whatever the tile).
+// ACC: out += the sum instead (bias unused).
+template <typename T, int COB, int NV, bool ACC = false>
+FD_ALWAYS_INLINE void corr_block(const T* __restrict__ plane, const int64_t* __restrict__ off,
+                                 int64_t K, const T* __restrict__ w, const T* __restrict__ bias,
+                                 T* __restrict__ out, int64_t Lpad, int64_t j0) {
   using V = typename Vec<T>::type;
   constexpr int L = Vec<T>::kLanes;
-  for (int64_t j0 = 0; j0 < Lpad; j0 += NV * L) {
-    V acc[COB][NV];
-    for (int c = 0; c < COB; ++c)
-      for (int v = 0; v < NV; ++v) acc[c][v] = V{} + bias[c];
-    for (int64_t k = 0; k < K; ++k) {
-      const T* src = plane + off[k] + j0;
-      V xv[NV];
-      for (int v = 0; v < NV; ++v) xv[v] = vload<V>(src + v * L);
-      for (int c = 0; c < COB; ++c) {
-        const T wv = w[c * K + k];
-        for (int v = 0; v < NV; ++v) acc[c][v] += wv * xv[v];
+  V acc[COB][NV];
+  for (int c = 0; c < COB; ++c) {
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (ACC) {
+        acc[c][v] = vload<V>(out + c * Lpad + j0 + v * L);
+      } else {
+        acc[c][v] = V{} + bias[c];
       }
     }
-    for (int c = 0; c < COB; ++c)
-      for (int v = 0; v < NV; ++v) vstore(out + c * Lpad + j0 + v * L, acc[c][v]);
   }
+  for (int64_t k = 0; k < K; ++k) {
+    const T* src = plane + off[k] + j0;
+    V xv[NV];
+    for (int v = 0; v < NV; ++v) xv[v] = vload<V>(src + v * L);
+    for (int c = 0; c < COB; ++c) {
+      const T wv = w[c * K + k];
+      for (int v = 0; v < NV; ++v) acc[c][v] += wv * xv[v];
+    }
+  }
+  for (int c = 0; c < COB; ++c)
+    for (int v = 0; v < NV; ++v) vstore(out + c * Lpad + j0 + v * L, acc[c][v]);
+}
+
+// All Lpad positions of COB channels: tiles of NV vectors, then single vectors.
+template <typename T, int COB, int NV, bool ACC = false>
+FD_ALWAYS_INLINE void corr_body(const T* plane, const int64_t* off, int64_t K, const T* w,
+                                const T* bias, T* out, int64_t Lpad) {
+  constexpr int L = Vec<T>::kLanes;
+  int64_t j0 = 0;
+  for (; j0 + NV * L <= Lpad; j0 += NV * L)
+    corr_block<T, COB, NV, ACC>(plane, off, K, w, bias, out, Lpad, j0);
+  for (; j0 < Lpad; j0 += L) corr_block<T, COB, 1, ACC>(plane, off, K, w, bias, out, Lpad, j0);
+}
+
+// out[j] += sum_t w[t] * src[offs[t] + j], j < n (a multiple of the vector width): one output
+// channel, eight accumulator vectors (the input gradient of a one-channel input as a
+// correlation of the zero-margined output gradients with the flipped kernel).
+FD_CPU_CLONES void corr_add_one(const float* src, const int64_t* offs, int64_t taps,
+                                const float* w, float* out, int64_t n) {
+  corr_body<float, 1, 8, true>(src, offs, taps, w, nullptr, out, n);
+}
+FD_CPU_CLONES void corr_add_one(const double* src, const int64_t* offs, int64_t taps,
+                                const double* w, double* out, int64_t n) {
+  corr_body<double, 1, 8, true>(src, offs, taps, w, nullptr, out, n);
 }
 
 // dplane[off[k] + j] += sum_c w[c*K + k] * g[c][j] over all Cout channels; eight independent
@@ -170,6 +201,24 @@ FD_ALWAYS_INLINE void corr_all_body(const T* plane, const int64_t* off, int64_t 
   for (; c + 2 <= n; c += 2)
     corr_body<T, 2, NV>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
   for (; c < n; ++c) corr_body<T, 1, NV>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+}
+
+// The same with AVX-512's 32 registers: tiles of ~24 accumulators (channels x vectors), so that
+// each multiply-add takes well under one load (a tile of C x V costs C broadcasts + V loads per
+// tap for C*V multiply-adds).
+template <typename T>
+FD_ALWAYS_INLINE void corr_wide_body(const T* plane, const int64_t* off, int64_t K, const T* w,
+                                     const T* bias, T* out, int64_t Lpad, int64_t n) {
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    corr_body<T, 8, 3>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+  for (; c + 6 <= n; c += 6)
+    corr_body<T, 6, 4>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+  for (; c + 4 <= n; c += 4)
+    corr_body<T, 4, 6>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+  for (; c + 2 <= n; c += 2)
+    corr_body<T, 2, 8>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
+  for (; c < n; ++c) corr_body<T, 1, 8>(plane, off, K, w + c * K, bias + c, out + c * Lpad, Lpad);
 }
 // Weight gradient partials, kept as vectors (summed across lanes once per chunk of images, not
 // per image): dwv[c][k] += sum over vector blocks j of g[c][j] * plane[off[k] + j], for CB
@@ -277,18 +326,20 @@ FD_ALWAYS_INLINE void dgrad_block(T* __restrict__ dst, int64_t plane, const T* _
   }
 }
 
-// All positions of one tap for CI input channels: blocks of two vectors, then one.
-template <typename T, int CI>
+// All positions of one tap for CI input channels: blocks of NJ vectors, then one.
+template <typename T, int CI, int NJ>
 FD_ALWAYS_INLINE void dgrad_tap(T* dst, int64_t plane, const T* w, int64_t taps, int64_t K,
                                 const T* g, int64_t Cout, int64_t Lpad) {
   constexpr int L = Vec<T>::kLanes;
   int64_t j = 0;
-  for (; j + 2 * L <= Lpad; j += 2 * L)
-    dgrad_block<T, 2, CI>(dst, plane, w, taps, K, g, Cout, Lpad, j);
+  for (; j + NJ * L <= Lpad; j += NJ * L)
+    dgrad_block<T, NJ, CI>(dst, plane, w, taps, K, g, Cout, Lpad, j);
   for (; j < Lpad; j += L) dgrad_block<T, 1, CI>(dst, plane, w, taps, K, g, Cout, Lpad, j);
 }
 
-template <typename T>
+// Blocks of NJ vectors per channel count: two (AVX2's 16 registers), or ~24 accumulators with
+// AVX-512's 32 (wide).
+template <typename T, bool WIDE>
 FD_ALWAYS_INLINE void dgrad_ci_body(T* dplane, int64_t plane, int64_t WR, int64_t Cin,
                                     int64_t KH, int64_t KW, const T* w, const T* g, int64_t Cout,
                                     int64_t Lpad) {
@@ -300,26 +351,29 @@ FD_ALWAYS_INLINE void dgrad_ci_body(T* dplane, int64_t plane, int64_t WR, int64_
       const T* wk = w + ky * KW + kx;
       int64_t ci = 0;
       for (; ci + 6 <= Cin; ci += 6)
-        dgrad_tap<T, 6>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+        dgrad_tap<T, 6, WIDE ? 4 : 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout,
+                                      Lpad);
       for (; ci + 4 <= Cin; ci += 4)
-        dgrad_tap<T, 4>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+        dgrad_tap<T, 4, WIDE ? 6 : 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout,
+                                      Lpad);
       for (; ci + 2 <= Cin; ci += 2)
-        dgrad_tap<T, 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+        dgrad_tap<T, 2, WIDE ? 8 : 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout,
+                                      Lpad);
       for (; ci < Cin; ++ci)
-        dgrad_tap<T, 1>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
+        dgrad_tap<T, 1, 2>(dst + ci * plane, plane, wk + ci * taps, taps, K, g, Cout, Lpad);
     }
   }
 }
-FD_CPU_CLONES void dgrad_ci(float* dplane, int64_t plane, int64_t WR, int64_t Cin, int64_t KH,
-                            int64_t KW, const float* w, const float* g, int64_t Cout,
-                            int64_t Lpad) {
-  dgrad_ci_body<float>(dplane, plane, WR, Cin, KH, KW, w, g, Cout, Lpad);
-}
-FD_CPU_CLONES void dgrad_ci(double* dplane, int64_t plane, int64_t WR, int64_t Cin, int64_t KH,
-                            int64_t KW, const double* w, const double* g, int64_t Cout,
-                            int64_t Lpad) {
-  dgrad_ci_body<double>(dplane, plane, WR, Cin, KH, KW, w, g, Cout, Lpad);
-}
+#define FD_DGRAD_CI(T, NAME, WIDE)                                                             \
+  FD_CPU_CLONES void NAME(T* dplane, int64_t plane, int64_t WR, int64_t Cin, int64_t KH,       \
+                          int64_t KW, const T* w, const T* g, int64_t Cout, int64_t Lpad) {    \
+    dgrad_ci_body<T, WIDE>(dplane, plane, WR, Cin, KH, KW, w, g, Cout, Lpad);                  \
+  }
+FD_DGRAD_CI(float, dgrad_ci, false)
+FD_DGRAD_CI(double, dgrad_ci, false)
+FD_DGRAD_CI(float, dgrad_ci_wide, true)
+FD_DGRAD_CI(double, dgrad_ci_wide, true)
+#undef FD_DGRAD_CI
 
 // Non-template entry points (one per dtype and block width), each with AVX-512/AVX2 clones.
 #define FD_KERNELS(T, NV)                                                                      \
@@ -337,12 +391,21 @@ FD_KERNELS(float, 2)
 FD_KERNELS(double, 1)
 FD_KERNELS(double, 2)
 #undef FD_KERNELS
+#define FD_WIDE_KERNELS(T)                                                                     \
+  FD_CPU_CLONES void corr_wide_##T(const T* plane, const int64_t* off, int64_t K, const T* w,  \
+                                   const T* bias, T* out, int64_t Lpad, int64_t n) {           \
+    corr_wide_body<T>(plane, off, K, w, bias, out, Lpad, n);                                   \
+  }
+FD_WIDE_KERNELS(float)
+FD_WIDE_KERNELS(double)
+#undef FD_WIDE_KERNELS
 
 // The kernels of one dtype at the block width picked for a map.
 template <typename T>
 struct Kernels {
   int nv;
   int64_t JB;
+  bool wide;  // AVX-512 tiles (corr_wide_*, dgrad_ci's wide blocks)
   void corr(const T* plane, const int64_t* off, int64_t K, const T* w, const T* bias, T* out,
             int64_t Lpad, int64_t n) const;
   void dgrad(T* dplane, const int64_t* off, int64_t K, const T* w, const T* g, int64_t Cout,
@@ -352,7 +415,9 @@ struct Kernels {
   template <>                                                                                  \
   void Kernels<T>::corr(const T* plane, const int64_t* off, int64_t K, const T* w,             \
                         const T* bias, T* out, int64_t Lpad, int64_t n) const {                \
-    if (nv == 1) {                                                                             \
+    if (wide) {                                                                                \
+      corr_wide_##T(plane, off, K, w, bias, out, Lpad, n);                                     \
+    } else if (nv == 1) {                                                                      \
       corr_all_##T##_1(plane, off, K, w, bias, out, Lpad, n);                                  \
     } else {                                                                                   \
       corr_all_##T##_2(plane, off, K, w, bias, out, Lpad, n);                                  \
@@ -380,8 +445,9 @@ Kernels<T> pick_kernels(const ConvPoolDims& d) {
   const int64_t pad1 = (L + lanes - 1) / lanes * lanes;
   const int64_t pad2 = (L + 2 * lanes - 1) / (2 * lanes) * (2 * lanes);
   Kernels<T> k;
-  k.nv = (pad2 - pad1) * 16 > L ? 1 : 2;  // > ~6% more padding: single-vector blocks
-  k.JB = k.nv * lanes;
+  k.wide = conv_pool_wide_kernels();
+  k.nv = k.wide || (pad2 - pad1) * 16 > L ? 1 : 2;  // > ~6% more padding: single vectors
+  k.JB = k.nv * lanes;  // the wide tiles take any multiple of one vector
   return k;
 }
 
@@ -403,6 +469,44 @@ FD_ALWAYS_INLINE void pool_one(const T* r0, const T* r1, bool relu, T* out, uint
   } else {
     *out = best;
     *code = static_cast<uint8_t>(a);
+  }
+}
+
+// The low byte of each lane of a code vector, stored as kLanes bytes (a byte shuffle: GCC
+// vectorizes it in any clone, where a conversion is lowered to inserts).
+template <typename T>
+FD_ALWAYS_INLINE void store_codes(uint8_t* dst, const typename IVec<T>::type& c) {
+  typedef uint8_t Bytes __attribute__((vector_size(64)));
+  const Bytes b = (Bytes)c;
+  if constexpr (sizeof(T) == 4) {
+    typedef uint8_t Out __attribute__((vector_size(16)));
+    const Out o = __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48,
+                                          52, 56, 60);
+    std::memcpy(dst, &o, sizeof(o));
+  } else {
+    typedef uint8_t Out __attribute__((vector_size(8)));
+    const Out o = __builtin_shufflevector(b, b, 0, 8, 16, 24, 32, 40, 48, 56);
+    std::memcpy(dst, &o, sizeof(o));
+  }
+}
+
+// kLanes codes widened to one lane each.
+template <typename T>
+FD_ALWAYS_INLINE typename IVec<T>::type load_codes(const uint8_t* src) {
+  using I = typename IVec<T>::type;
+  typedef uint8_t In __attribute__((vector_size(Vec<T>::kLanes)));
+  In v;
+  std::memcpy(&v, src, sizeof(v));
+  return __builtin_convertvector(v, I);
+}
+
+// 0, 1, ..., kLanes - 1.
+template <typename T>
+FD_ALWAYS_INLINE typename IVec<T>::type lane_index() {
+  if constexpr (sizeof(T) == 4) {
+    return typename IVec<T>::type{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  } else {
+    return typename IVec<T>::type{0, 1, 2, 3, 4, 5, 6, 7};
   }
 }
 
@@ -458,16 +562,22 @@ FD_ALWAYS_INLINE void pool_map_body(const T* __restrict__ o, int64_t WR, int64_t
       m = e1 > m ? e1 : m;
       m = o1 > m ? o1 : m;
       I c = e0 == m ? I{} : (o0 == m ? I{} + 1 : (e1 == m ? I{} + 2 : I{} + 3));
-      if (relu) {
-        const I on = m > V{};
-        m = on ? m : V{};
-        c = on ? c : I{} + kConvPoolInactive;
+      if (relu) {  // each comparison feeds one conditional (see conv_pool_channel_tiles.cpp)
+        m = m > V{} ? m : V{};
+        c = m > V{} ? c : I{} + kConvPoolInactive;
       }
-      T vals[L];
-      vstore(vals, m);
-      for (int64_t i = 0; i < n; ++i) {
-        out[r * WP + q + i] = vals[i];
-        code[r * WP + q + i] = static_cast<uint8_t>(c[i]);
+      T* o_row = out + r * WP + q;
+      uint8_t* c_row = code + r * WP + q;
+      if ((r * WP + q) + L <= HP * WP) {  // whole vectors; what runs past n is a later row's
+        vstore(o_row, m);
+        store_codes<T>(c_row, c);
+      } else {
+        T vals[L];
+        vstore(vals, m);
+        for (int64_t i = 0; i < n; ++i) {
+          o_row[i] = vals[i];
+          c_row[i] = static_cast<uint8_t>(c[i]);
+        }
       }
     }
   }
@@ -537,17 +647,25 @@ FD_ALWAYS_INLINE T scatter_map_body(const T* __restrict__ grad, const uint8_t* _
     T* row1 = row0 + WR;
     for (int64_t q = 0; q < WP; q += L) {
       const int64_t n = std::min<int64_t>(L, WP - q);
-      T gbuf[L];
-      typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type cbuf[L];
-      for (int i = 0; i < L; ++i) {
-        const bool in = i < n;
-        const uint8_t a = in ? code[r * WP + q + i] : kConvPoolInactive;
-        gbuf[i] = in ? grad[r * WP + q + i] : T(0);
-        cbuf[i] = a;
-      }
-      V g = vload<V>(gbuf);
+      V g;
       I c;
-      std::memcpy(&c, cbuf, sizeof(c));
+      if ((r * WP + q) + L <= HP * WP) {  // whole vectors inside the map, lanes >= n zeroed
+        g = vload<V>(grad + r * WP + q);
+        c = load_codes<T>(code + r * WP + q);
+        using S = typename std::remove_reference<decltype(I{}[0])>::type;
+        if (n < L) g = lane_index<T>() < I{} + static_cast<S>(n) ? g : V{};
+      } else {
+        T gbuf[L];
+        typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type cbuf[L];
+        for (int i = 0; i < L; ++i) {
+          const bool in = i < n;
+          const uint8_t a = in ? code[r * WP + q + i] : kConvPoolInactive;
+          gbuf[i] = in ? grad[r * WP + q + i] : T(0);
+          cbuf[i] = a;
+        }
+        g = vload<V>(gbuf);
+        std::memcpy(&c, cbuf, sizeof(c));
+      }
       g = c == I{} + kConvPoolInactive ? V{} : g;
       total += g;
       const V v0 = c == I{} ? g : V{};
@@ -599,6 +717,20 @@ int64_t image_grain(const ConvPoolDims& d, const Flat& f) {
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(per_image, 1));
 }
 
+// Weights per channel vector, transposed for the channel-vector kernels:
+// wt[((bi * Cout / lanes + v) * K + k) * lanes + l] = w[(bi * Cout + v * lanes + l) * K + k].
+template <typename T>
+std::vector<T> tile_weights(const T* w, const ConvPoolDims& d) {
+  constexpr int64_t lanes = Vec<T>::kLanes;
+  const int64_t K = d.K();
+  std::vector<T> wt(static_cast<size_t>(d.B * d.Cout * K));
+  for (int64_t bc = 0; bc < d.B * d.Cout; ++bc) {
+    const int64_t v = bc / lanes, l = bc % lanes;
+    for (int64_t k = 0; k < K; ++k) wt[(v * K + k) * lanes + l] = w[bc * K + k];
+  }
+  return wt;
+}
+
 // ------------------------------------------------------------------------------- forward
 template <typename T>
 void forward_kernel(const ConvPoolParams& p) {
@@ -613,10 +745,13 @@ void forward_kernel(const ConvPoolParams& p) {
   T* out = static_cast<T*>(p.out);
   uint8_t* code = p.code_out;
   const int64_t pooled = d.HP * d.WP;
+  constexpr int64_t lanes = Vec<T>::kLanes;
+  const bool tiles = conv_pool_channel_tiles_ok(d.Cout, d.KW, lanes);
+  const std::vector<T> wt = tiles ? tile_weights(w, d) : std::vector<T>();
   at::parallel_for(0, d.N, image_grain(d, f), [&](int64_t n0, int64_t n1) {
     std::vector<T> plane(static_cast<size_t>(f.buf));
     // Slack: the vectorized pooling reads whole vectors past the last window of a row.
-    std::vector<T> conv(static_cast<size_t>(kBlock * f.Lpad + 4 * Vec<T>::kLanes));
+    std::vector<T> conv(tiles ? 0 : static_cast<size_t>(kBlock * f.Lpad + 4 * lanes));
     std::vector<T> zeros(kBlock, T(0));
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t bi = 0; bi < d.B; ++bi) {
@@ -624,7 +759,14 @@ void forward_kernel(const ConvPoolParams& p) {
         if (bi == 0 || d.G != 1) {
           fill_planes(plane.data(), x + (n * d.G + g) * d.Cin * d.H * d.W, d, f);
         }
-        for (int64_t c0 = 0; c0 < d.Cout; c0 += kBlock) {
+        for (int64_t c0 = 0; tiles && c0 < d.Cout; c0 += lanes) {
+          const int64_t base = ((n * d.B + bi) * d.Cout + c0) * pooled;
+          conv_pool_tiles_forward(plane.data(), off.data(), K, f.WR, d.HP, d.WP,
+                                  wt.data() + (bi * d.Cout + c0) * K,
+                                  b != nullptr ? b + bi * d.Cout + c0 : nullptr, p.relu,
+                                  out + base, code + base, pooled);
+        }
+        for (int64_t c0 = 0; !tiles && c0 < d.Cout; c0 += kBlock) {
           const int64_t nc = std::min<int64_t>(kBlock, d.Cout - c0);
           const T* wc = w + (bi * d.Cout + c0) * K;
           const T* bc = b != nullptr ? b + bi * d.Cout + c0 : zeros.data();
@@ -656,9 +798,12 @@ void gather_kernel(const ConvPoolParams& p) {
   const uint8_t* code = p.code;
   T* out = static_cast<T*>(p.out);
   const int64_t pooled = d.HP * d.WP;
+  constexpr int64_t lanes = Vec<T>::kLanes;
+  const bool tiles = conv_pool_channel_tiles_ok(d.Cout, d.KW, lanes);
+  const std::vector<T> wt = tiles ? tile_weights(w, d) : std::vector<T>();
   at::parallel_for(0, d.N, image_grain(d, f), [&](int64_t n0, int64_t n1) {
     std::vector<T> plane(static_cast<size_t>(f.buf));
-    std::vector<T> conv(static_cast<size_t>(kBlock * f.Lpad));
+    std::vector<T> conv(tiles ? 0 : static_cast<size_t>(kBlock * f.Lpad));
     std::vector<T> zeros(kBlock, T(0));
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t bi = 0; bi < d.B; ++bi) {
@@ -666,7 +811,14 @@ void gather_kernel(const ConvPoolParams& p) {
         if (bi == 0 || d.G != 1) {
           fill_planes(plane.data(), x + (n * d.G + g) * d.Cin * d.H * d.W, d, f);
         }
-        for (int64_t c0 = 0; c0 < d.Cout; c0 += kBlock) {
+        for (int64_t c0 = 0; tiles && c0 < d.Cout; c0 += lanes) {
+          const int64_t base = ((n * d.B + bi) * d.Cout + c0) * pooled;
+          conv_pool_tiles_gather(plane.data(), off.data(), K, f.WR, d.HP, d.WP,
+                                 wt.data() + (bi * d.Cout + c0) * K,
+                                 b != nullptr ? b + bi * d.Cout + c0 : nullptr, code + base,
+                                 out + base, pooled);
+        }
+        for (int64_t c0 = 0; !tiles && c0 < d.Cout; c0 += kBlock) {
           const int64_t nc = std::min<int64_t>(kBlock, d.Cout - c0);
           const T* wc = w + (bi * d.Cout + c0) * K;
           const T* bc = b != nullptr ? b + bi * d.Cout + c0 : zeros.data();
@@ -686,16 +838,21 @@ void gather_kernel(const ConvPoolParams& p) {
 constexpr int64_t kMaxChunks = 32;  // weight-gradient partial sums (fixed: deterministic)
 
 // Copy the cropped padded planes of one image into dx ([Cin, H, W]).
+// Row by row: the columns the padded planes hold are copied, the rest (input pixels no kept
+// output reads) zeroed.
 template <typename T>
 void crop_planes(T* dst, const T* dplane, const ConvPoolDims& d, const Flat& f) {
+  const int64_t kept = std::max<int64_t>(0, std::min<int64_t>(d.W, f.WR - d.pw));
   for (int64_t ci = 0; ci < d.Cin; ++ci) {
     for (int64_t iy = 0; iy < d.H; ++iy) {
       const int64_t r = iy + d.ph;
-      for (int64_t ix = 0; ix < d.W; ++ix) {
-        const int64_t cc = ix + d.pw;
-        dst[(ci * d.H + iy) * d.W + ix] =
-            (r < f.HR && cc < f.WR) ? dplane[ci * f.plane + r * f.WR + cc] : T(0);
+      T* out = dst + (ci * d.H + iy) * d.W;
+      int64_t n = 0;
+      if (r < f.HR) {
+        std::memcpy(out, dplane + ci * f.plane + r * f.WR + d.pw, kept * sizeof(T));
+        n = kept;
       }
+      std::fill(out + n, out + d.W, T(0));
     }
   }
 }
@@ -742,9 +899,30 @@ void backward_kernel(const ConvPoolParams& p) {
       std::copy(w + bi * per, w + (bi + 1) * per, w_pair.begin() + (2 * bi + 1) * per);
     }
   }
-  auto input_grad = [&](T* dplane, const T* wb, const T* g, int64_t cout) {
-    if (d.Cin >= 2) {  // block input channels
-      dgrad_ci(dplane, f.plane, f.WR, d.Cin, d.KH, d.KW, wb, g, cout, f.Lpad);
+  // One input channel, AVX-512: dplane[p] += sum_{c,k} w[c][k] * g[c][p - off[k]] as a dense
+  // correlation over zero-margined copies of the scattered maps (each tap's loads feed eight
+  // accumulators; no read-modify-write per tap). Up to 2 * Cout maps (the tangent's pair).
+  const bool flipped = d.Cin == 1 && kn.wide && (dx != nullptr || dx_t != nullptr);
+  const int64_t margin = (d.KH - 1) * f.WR + (d.KW - 1);
+  const int64_t Lout = (f.plane + lanes - 1) / lanes * lanes;  // dplane positions written
+  const int64_t stride = margin + std::max(Lout, f.Lpad) + lanes;
+  std::vector<int64_t> flip_off;
+  if (flipped) {
+    for (int64_t c = 0; c < 2 * d.Cout; ++c)
+      for (int64_t k = 0; k < K; ++k) flip_off.push_back(c * stride + margin - off[k]);
+  }
+  auto input_grad = [&](T* dplane, const T* wb, const T* g, int64_t cout, T* gpad) {
+    if (flipped) {
+      for (int64_t c = 0; c < cout; ++c) {
+        std::memcpy(gpad + c * stride + margin, g + c * f.Lpad, f.Lpad * sizeof(T));
+      }
+      corr_add_one(gpad, flip_off.data(), cout * K, wb, dplane, Lout);
+    } else if (d.Cin >= 2) {  // block input channels
+      if (kn.wide) {
+        dgrad_ci_wide(dplane, f.plane, f.WR, d.Cin, d.KH, d.KW, wb, g, cout, f.Lpad);
+      } else {
+        dgrad_ci(dplane, f.plane, f.WR, d.Cin, d.KH, d.KW, wb, g, cout, f.Lpad);
+      }
     } else {  // one input channel: block output channels
       kn.dgrad(dplane, off.data(), K, wb, g, cout, f.Lpad);
     }
@@ -769,12 +947,41 @@ void backward_kernel(const ConvPoolParams& p) {
   const int64_t work = tan ? 3 : 1;  // correlations per image, relative to one backward
   const int64_t grain = std::max<int64_t>(
       1, image_grain(d, f) * chunks / std::max<int64_t>(d.N * work, 1));
+  // Weight gradients on the channel-vector kernels where they take the map: the scattered
+  // gradients transposed to one channel vector per valid position, partials [K][lanes] per
+  // channel vector (in lane_w's place).
+  const bool tiles = (need_w || need_wt) && conv_pool_channel_tiles_ok(d.Cout, d.KW, lanes);
+  const int64_t npos = 4 * d.HP * d.WP;
+  const int64_t rows = d.Cin * d.KH;
+  std::vector<int64_t> pos, row_off;
+  if (tiles) {
+    for (int64_t y = 0; y < 2 * d.HP; ++y)
+      for (int64_t xx = 0; xx < 2 * d.WP; ++xx) pos.push_back(y * f.WR + xx);
+    for (int64_t ci = 0; ci < d.Cin; ++ci)
+      for (int64_t ky = 0; ky < d.KH; ++ky) row_off.push_back(ci * f.plane + ky * f.WR);
+  }
+  auto to_channel_vectors = [&](const T* stack, T* out) {
+    for (int64_t v = 0; v < d.Cout / lanes; ++v)
+      for (int64_t q = 0; q < npos; ++q)
+        for (int64_t l = 0; l < lanes; ++l)
+          out[(v * npos + q) * lanes + l] = stack[(v * lanes + l) * f.Lpad + pos[q]];
+  };
+  auto tile_wgrad = [&](const T* planes, const T* gs, T* dst) {
+    for (int64_t v = 0; v < d.Cout / lanes; ++v) {
+      conv_pool_tiles_wgrad(planes, row_off.data(), rows, d.KW, pos.data(), npos,
+                            gs + v * npos * lanes, dst + v * K * lanes);
+    }
+  };
   at::parallel_for(0, chunks, grain, [&](int64_t ch0, int64_t ch1) {
+    std::vector<T> gs(tiles ? static_cast<size_t>(npos * d.Cout) : 0);
+    std::vector<T> gst(tiles && need_wt ? static_cast<size_t>(npos * d.Cout) : 0);
     const bool fill_x = need_w || need_wt;
     std::vector<T> plane(fill_x ? static_cast<size_t>(f.buf) : 0);
     std::vector<T> plane_t(need_wt && x_t != nullptr ? static_cast<size_t>(f.buf) : 0);
     std::vector<T> dplane(dx != nullptr ? static_cast<size_t>(f.buf) : 0);
     std::vector<T> dplane_t(dx_t != nullptr ? static_cast<size_t>(f.buf) : 0);
+    // Margins zeroed once; input_grad copies each image's maps between them.
+    std::vector<T> gpad(flipped ? static_cast<size_t>(2 * d.Cout * stride) : 0, T(0));
     std::vector<T> lane_w(need_w ? static_cast<size_t>(nw * lanes) : 0);
     std::vector<T> lane_wt(need_wt ? static_cast<size_t>(nw * lanes) : 0);
     // Zeroed once: the scatter rewrites every window position of every map, and zeros the
@@ -812,20 +1019,30 @@ void backward_kernel(const ConvPoolParams& p) {
             if (pbt != nullptr) pbt[bi * d.Cout + c] += sb;
           }
           const int64_t wo = bi * d.Cout * K;
-          if (need_w) {
+          if (tiles) {
+            if (need_w || !plane_t.empty()) to_channel_vectors(gd.data(), gs.data());
+            if (need_wt) to_channel_vectors(gdt, gst.data());
+            if (need_w) tile_wgrad(plane.data(), gs.data(), lane_w.data() + wo);
+            if (need_wt) {
+              tile_wgrad(plane.data(), gst.data(), lane_wt.data() + wo);
+              if (!plane_t.empty()) tile_wgrad(plane_t.data(), gs.data(), lane_wt.data() + wo);
+            }
+          }
+          if (need_w && !tiles) {
             wgrad_vec(plane.data(), off.data(), K, gd.data(), lane_w.data() + wo * lanes,
                       f.Lpad, d.Cout);
           }
-          if (need_wt) {
+          if (need_wt && !tiles) {
             T* dst = lane_wt.data() + wo * lanes;
             wgrad_vec(plane.data(), off.data(), K, gdt, dst, f.Lpad, d.Cout);
             if (!plane_t.empty()) {
               wgrad_vec(plane_t.data(), off.data(), K, gd.data(), dst, f.Lpad, d.Cout);
             }
           }
-          if (dx != nullptr) input_grad(dplane.data(), w + wo, gd.data(), d.Cout);
+          if (dx != nullptr) input_grad(dplane.data(), w + wo, gd.data(), d.Cout, gpad.data());
           if (dx_t != nullptr) {
-            input_grad(dplane_t.data(), w_pair.data() + 2 * wo, gd.data(), 2 * d.Cout);
+            input_grad(dplane_t.data(), w_pair.data() + 2 * wo, gd.data(), 2 * d.Cout,
+                       gpad.data());
           }
           const bool last_of_input = d.G != 1 || bi == d.B - 1;
           if (last_of_input) {  // crop the padded planes into dx
@@ -836,6 +1053,16 @@ void backward_kernel(const ConvPoolParams& p) {
       }
       // This chunk's per-lane partials summed across lanes (in lane order).
       auto lane_sum = [&](const std::vector<T>& lw, T* out) {
+        if (tiles) {  // [B][Cout / lanes][K][lanes] -> [B][Cout][K]
+          for (int64_t bi = 0; bi < d.B; ++bi)
+            for (int64_t c = 0; c < d.Cout; ++c)
+              for (int64_t k = 0; k < K; ++k) {
+                const int64_t v = c / lanes, l = c % lanes;
+                out[(bi * d.Cout + c) * K + k] =
+                    lw[bi * d.Cout * K + (v * K + k) * lanes + l];
+              }
+          return;
+        }
         for (int64_t i = 0; i < nw; ++i) {
           const T* v = lw.data() + i * lanes;
           T t = 0;

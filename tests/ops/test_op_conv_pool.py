@@ -20,7 +20,19 @@ SHAPES = [
     (1, 1, 1, 1, 2, 2, 1, 1, 1, 0, 0),
     (9, 2, 1, 13, 7, 9, 3, 3, 3, 1, 1),  # input-gradient blocks of 6+6+1 channels, 2 chunks
     (8, 1, 1, 11, 12, 12, 4, 3, 3, 0, 0),  # 6+4+1 channels, two-vector position blocks
+    # channel-vector kernels (whole vectors of output channels, KW 3 or 5): window tiles of
+    # 5 + 3, two channel vectors, shared input across nets
+    (3, 2, 1, 3, 16, 16, 32, 3, 3, 1, 1),
+    (4, 2, 1, 1, 12, 12, 6, 5, 5, 2, 2),  # one input channel, shared: flipped input gradient
 ]
+
+
+@pytest.fixture(autouse=True, params=["wide", "narrow"])
+def cpu_kernel_width(request, monkeypatch):
+    """Every test on both CPU kernel sets: AVX-512 tiles (where the CPU has them) and the narrow
+    ones AVX2 machines run (FASTDISTILL_CONV_TILES=0)."""
+    monkeypatch.setenv("FASTDISTILL_CONV_TILES", "1" if request.param == "wide" else "0")
+    return request.param
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -202,6 +214,39 @@ def test_invalid_codes_are_rejected_not_read(kernels, device, bad):
         with pytest.raises(ValueError, match=f"invalid value {bad} at flat index 5"):
             call()
         assert what
+
+
+def test_invalid_code_is_found_past_the_first_block(kernels):
+    """The code check scans blocks of 4096 without an early exit: a bad code far in is found."""
+    x = make((40, 1, 16, 16), torch.float32, "cpu", seed=1)
+    w = make((1, 8, 1, 3, 3), torch.float32, "cpu", seed=2)
+    _, code = kernels.conv_pool_forward(x, w, None, [1, 1], True)
+    code = code.clone()
+    code.view(-1)[9000] = 17
+    grad = torch.ones(code.shape)
+    with pytest.raises(ValueError, match="invalid value 17 at flat index 9000"):
+        kernels.conv_pool_backward(grad, x, w, code, [1, 1], [True, True, False])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("relu", [True, False])
+def test_nan_and_inf_windows_pool_as_aten(kernels, dtype, relu):
+    """NaN wins its window (a later NaN over an earlier one), infinities compare as numbers: the
+    channel-vector kernels' per-lane fallback and the flattened kernels both follow ATen."""
+    x = make((3, 6, 14, 14), dtype, "cpu", seed=3)
+    x[0, 0, 4, 4] = float("nan")
+    x[1, 2, 7:9, 7:9] = float("inf")
+    x[2, 3, 1, 1] = -float("inf")
+    x[2, 4, 9, 9] = float("nan")
+    x[2, 4, 9, 10] = float("nan")
+    w = make((1, 16, 6, 5, 5), dtype, "cpu", seed=4).abs()
+    b = make((1, 16), dtype, "cpu", seed=5)
+    out, code = kernels.conv_pool_forward(x, w, b, [0, 0], relu)
+    out0, code0 = ref.conv_pool_forward(x, w, b, [0, 0], relu)
+    assert (relu or bool(out0.isnan().any())) and torch.equal(code, code0)
+    assert torch.equal(out.isnan(), out0.isnan())
+    finite = ~out0.isnan()
+    assert rel(out[finite].nan_to_num(), out0[finite].nan_to_num()) < tol(dtype)
 
 
 ALL = [True, True, True, True]  # backward_tangent's output mask: every output

@@ -7,6 +7,7 @@
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -74,11 +75,19 @@ inline void check_conv_pool_code_values(const char* op, const at::Tensor& code) 
     const at::Tensor c = code.contiguous();
     const uint8_t* p = c.const_data_ptr<uint8_t>();
     const int64_t n = c.numel();
-    for (int64_t i = 0; i < n; ++i) {
-      if (p[i] > 3 && p[i] != 255) {
-        bad_index = i;
-        bad_value = p[i];
-        break;
+    // Blocks without an early exit (the compiler vectorizes them); the first bad one is
+    // searched only when a block has one.
+    constexpr int64_t kBlock = 4096;
+    for (int64_t b0 = 0; b0 < n && bad_index < 0; b0 += kBlock) {
+      const int64_t b1 = std::min(n, b0 + kBlock);
+      uint8_t any = 0;
+      for (int64_t i = b0; i < b1; ++i) any |= static_cast<uint8_t>(p[i] > 3 && p[i] != 255);
+      for (int64_t i = b0; any != 0 && i < b1; ++i) {
+        if (p[i] > 3 && p[i] != 255) {
+          bad_index = i;
+          bad_value = p[i];
+          break;
+        }
       }
     }
   } else {

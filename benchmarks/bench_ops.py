@@ -157,3 +157,48 @@ def test_local_response_norm_second_derivatives(benchmark, impl):
     else:
         fn = lambda: reference.local_response_norm_backward_backward(g, x, u, *args)
     _run(benchmark, fn, "cpu")
+
+
+# LeNet's conv + ReLU + 2x2 pool layers: the 1024-image real batch and the 10 distilled images.
+# `wide` is what an AVX-512 CPU runs (channel-vector tiles, flipped one-channel input gradient),
+# `narrow` the AVX2 kernels (FASTDISTILL_CONV_TILES=0), `reference` the ATen composite.
+CONV_POOL_LAYERS = {"conv1": (1, 28, 6, 2), "conv2": (6, 14, 16, 0)}  # Cin, H=W, Cout, padding
+
+
+def _conv_pool_call(what: str, layer: str, N: int):
+    Cin, H, Cout, pad = CONV_POOL_LAYERS[layer]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(N, Cin, H, H, generator=gen)
+    w = 0.1 * torch.randn(1, Cout, Cin, 5, 5, generator=gen)
+    b = torch.randn(1, Cout, generator=gen)
+    _, code = reference.conv_pool.conv_pool_forward(x, w, b, [pad, pad], True)
+    g, g_t = (torch.randn(code.shape, generator=gen) for _ in range(2))
+    w_t = torch.randn(w.shape, generator=gen)
+    return {
+        "forward": lambda m: m.conv_pool_forward(x, w, b, [pad, pad], True),
+        "weight_grad": lambda m: m.conv_pool_backward(
+            g, x, w, code, [pad, pad], [False, True, True]
+        ),
+        "input_grad": lambda m: m.conv_pool_backward(
+            g, x, w, code, [pad, pad], [True, False, False]
+        ),
+        "tangent": lambda m: m.conv_pool_backward_tangent(
+            g, g_t, x, None, w, w_t, code, [pad, pad], [True, True, True, True]
+        ),
+    }[what]
+
+
+@pytest.mark.parametrize("N", [1024, 10])
+@pytest.mark.parametrize("layer", list(CONV_POOL_LAYERS))
+@pytest.mark.parametrize("what", ["forward", "weight_grad", "input_grad", "tangent"])
+@pytest.mark.parametrize("impl", ["wide", "narrow", "reference"])
+def test_lenet_conv_pool(benchmark, monkeypatch, impl, what, layer, N):
+    benchmark.group = f"conv_pool {what} LeNet {layer} N={N}"
+    call = _conv_pool_call(what, layer, N)
+    if impl == "reference":
+        fn = lambda: call(reference.conv_pool)
+    else:
+        monkeypatch.setenv("FASTDISTILL_CONV_TILES", "1" if impl == "wide" else "0")
+        kernels = _kernels()
+        fn = lambda: call(kernels)
+    _run(benchmark, fn, "cpu")

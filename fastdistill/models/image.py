@@ -35,6 +35,15 @@ class MaxPool2d(nn.MaxPool2d):
         return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` on ``fastdistill.ops.linear``: the small-product kernels for few-row
+    inputs (the distilled images' inner steps) in every derivative order, the library GEMM for
+    large products."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.linear(input, self.weight, self.bias)
+
+
 def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
@@ -99,11 +108,11 @@ class AlexCifarNet(nn.Module):
         )
         side = _conv_out(_conv_out(image_size, 3, 2, 1), 3, 2, 1)
         self.classifier = nn.Sequential(
-            nn.Linear(64 * side * side, 384),
+            Linear(64 * side * side, 384),
             nn.ReLU(),
-            nn.Linear(384, 192),
+            Linear(384, 192),
             nn.ReLU(),
-            nn.Linear(192, num_outputs),
+            Linear(192, num_outputs),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

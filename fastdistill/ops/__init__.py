@@ -32,6 +32,7 @@ from fastdistill.ops._conv_pool import (
     conv_pool_gather,
 )
 from fastdistill.ops._inner_update import inner_update
+from fastdistill.ops._linear import linear
 from fastdistill.ops._local_response_norm import local_response_norm
 from fastdistill.ops._malloc import keep_freed_memory, malloc_state
 from fastdistill.ops._max_pool import max_pool2d, max_pool2d_with_indices
@@ -57,6 +58,7 @@ __all__ = [
     "inner_update",
     "keep_freed_memory",
     "last_backend",
+    "linear",
     "local_response_norm",
     "malloc_state",
     "max_pool2d",

@@ -1,6 +1,7 @@
 """fastdistill::small_bmm: the small-product kernels vs a float64 truth over shapes (every tail
 of the register blocks), operand layouts (each kernel and the library fallback), bias and
-accumulate; thread-count independence, opcheck, bad inputs."""
+accumulate; thread-count independence, opcheck, bad inputs; derivatives to second order, vmap,
+and ``fastdistill.ops.linear`` on top of it."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ SHAPES = [
     (2, 4, 16, 31),
     (4, 7, 33, 2),
     (1, 120, 10, 400),
-    (1, 1100, 40, 120),
+    (1, 1030, 520, 126),  # 2^26 + multiply-adds: the library GEMM
 ]
 LAYOUTS = ["rows", "dot", "a_transposed", "a_expanded", "m_strided"]
 
@@ -152,3 +153,85 @@ def test_bad_inputs_kernel_and_reference_alike(kernels, case):
         kernels.small_bmm(*args)
     with pytest.raises(exc, match=pattern):
         reference.small_bmm(*args)
+
+
+@pytest.mark.parametrize("layout", ["rows", "dot", "a_transposed"])
+@pytest.mark.parametrize("extra", ["none", "bias", "acc"])
+def test_derivatives_to_second_order(kernels, layout, extra):
+    """small_bmm's derivatives are small_bmm products again: float64 gradcheck and
+    gradgradcheck through the kernels."""
+    a, m = operands((2, 5, 7, 6), layout, torch.float64, "cpu")
+    bias = make((2, 6), torch.float64, "cpu", 3) if extra == "bias" else None
+    acc = make((2, 5, 6), torch.float64, "cpu", 4) if extra == "acc" else None
+    inputs = [t.detach().clone().requires_grad_() for t in (a, m)]
+    more = [t.detach().clone().requires_grad_() for t in (bias, acc) if t is not None]
+
+    def fn(a, m, *rest):
+        b = rest[0] if extra == "bias" else None
+        c = rest[0] if extra == "acc" else None
+        return ops.small_bmm(a, m, b, c)
+
+    assert torch.autograd.gradcheck(fn, (*inputs, *more))
+    assert torch.autograd.gradgradcheck(fn, (*inputs, *more))
+    assert ops.last_backend("small_bmm").backend == "kernel"
+
+
+def test_opcheck_with_gradients(kernels):
+    a, m = operands((2, 5, 17, 9), "rows", torch.float64, "cpu")
+    bias = make((2, 9), torch.float64, "cpu", 3)
+    args = (a.requires_grad_(), m.requires_grad_(), bias.requires_grad_(), None)
+    torch.library.opcheck(kernels.small_bmm.default, args)
+
+
+def test_vmap_folds_into_the_batch(kernels):
+    a = make((4, 2, 5, 7), torch.float64, "cpu", 1)
+    m = make((2, 7, 6), torch.float64, "cpu", 2)
+    bias = make((4, 2, 6), torch.float64, "cpu", 3)
+    got = torch.vmap(ops.small_bmm, in_dims=(0, None, 0))(a, m, bias)
+    want = torch.stack([torch.baddbmm(bias[i].unsqueeze(1), a[i], m) for i in range(4)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(10, 4096, 384), (3, 4, 10, 84), (1, 7, 3)], ids=str)
+def test_linear_is_functional_linear(kernels, dtype, shape):
+    """Values and first and second derivatives of ``torch.nn.functional.linear``."""
+    *lead, k, n = shape
+    x = make((*lead, k), dtype, "cpu", 1).requires_grad_()
+    w = make((n, k), dtype, "cpu", 2).requires_grad_()
+    b = make((n,), dtype, "cpu", 3).requires_grad_()
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 2e-4, "atol": 2e-4}
+    got, want = ops.linear(x, w, b), torch.nn.functional.linear(x, w, b)
+    torch.testing.assert_close(got, want, **tol)
+    assert ops.last_backend("small_bmm").backend == "kernel"
+    v = make(want.shape, dtype, "cpu", 4)
+    g1 = torch.autograd.grad(got, (x, w, b), v, create_graph=True)
+    g0 = torch.autograd.grad(want, (x, w, b), v, create_graph=True)
+    for a_, b_ in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a_, b_, **tol)
+    probe = make(w.shape, dtype, "cpu", 6)  # a second derivative: d<dL/dw, probe>/dx
+    h1 = torch.autograd.grad((g1[1] * probe).sum(), x, retain_graph=True)
+    h0 = torch.autograd.grad((g0[1] * probe).sum(), x)
+    torch.testing.assert_close(h1[0], h0[0], **tol)
+
+
+def test_linear_without_bias_and_reference_backend(kernels):
+    x, w = make((6, 5), torch.float64, "cpu", 1), make((4, 5), torch.float64, "cpu", 2)
+    torch.testing.assert_close(ops.linear(x, w), x @ w.T, rtol=1e-12, atol=1e-12)
+    ops.set_backend("reference")
+    torch.testing.assert_close(ops.linear(x, w), x @ w.T, rtol=1e-12, atol=1e-12)
+
+
+def test_linear_under_vmap_and_its_gradient(kernels):
+    """The engine vmaps model forwards over nets: linear's vmap rule and gradient there."""
+    x = make((3, 5), torch.float64, "cpu", 1)
+    w = make((2, 4, 5), torch.float64, "cpu", 2).requires_grad_()
+    b = make((2, 4), torch.float64, "cpu", 3).requires_grad_()
+    got = torch.vmap(lambda w_, b_: ops.linear(x, w_, b_))(w, b)
+    want = torch.stack([torch.nn.functional.linear(x, w[i], b[i]) for i in range(2)])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    v = make(want.shape, torch.float64, "cpu", 4)
+    for a_, b_ in zip(
+        torch.autograd.grad(got, (w, b), v), torch.autograd.grad(want, (w, b), v), strict=True
+    ):
+        torch.testing.assert_close(a_, b_, rtol=1e-12, atol=1e-12)

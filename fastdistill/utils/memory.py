@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -28,8 +31,14 @@ def peak_memory(fn: Callable[[], R], device: torch.device | str = "cpu") -> tupl
         return out, torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():
+        prof.start()
+    try:
         out = fn()
+    finally:
+        with _quiet_native_stderr():
+            prof.stop()
     # The raw allocation and free records, in time order: per-op totals would net an op's
     # allocations against its frees and miss peaks inside one call (e.g. a fused C++ step).
     records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
@@ -39,3 +48,25 @@ def peak_memory(fn: Callable[[], R], device: torch.device | str = "cpu") -> tupl
         current += e.nbytes()
         peak = max(peak, current)
     return out, peak
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: the profiler's native library logs its start and stop
+    (and a failed GPU query on CPU-only machines) there, which is noise in a CLI's output. Only
+    around the profiler's own start/stop, never around the measured call."""
+    fd = 2  # the native library's stderr, whatever Python's sys.stderr is
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stderr.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # no file descriptor 2
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        os.dup2(saved, fd)
+        os.close(saved)

@@ -249,33 +249,65 @@ FD_ALWAYS_INLINE void wgrad_block(const T* __restrict__ plane, const int64_t* __
   }
 }
 
-template <typename T>
+// Blocks of channels x taps; WIDE (AVX-512's 32 registers) adds 6-channel blocks (24
+// accumulators) and 2-channel ones before single channels. Each (channel, tap) partial sums
+// over j in the same order whatever the blocking.
+template <typename T, bool WIDE>
+FD_ALWAYS_INLINE void wgrad_taps(const T* plane, const int64_t* off, int64_t K, const T* g,
+                                 T* dwv, int64_t Lpad, int64_t n, int64_t k) {
+  constexpr int L = Vec<T>::kLanes;
+  int64_t c = 0;
+  if (WIDE) {
+    for (; c + 6 <= n; c += 6)
+      wgrad_block<T, 6, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+  }
+  for (; c + 4 <= n; c += 4)
+    wgrad_block<T, 4, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+  if (WIDE) {
+    for (; c + 2 <= n; c += 2)
+      wgrad_block<T, 2, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+  }
+  for (; c < n; ++c)
+    wgrad_block<T, 1, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+}
+
+template <typename T, bool WIDE>
 FD_ALWAYS_INLINE void wgrad_vec_body(const T* plane, const int64_t* off, int64_t K, const T* g,
                                      T* dwv, int64_t Lpad, int64_t n) {
   constexpr int L = Vec<T>::kLanes;
   int64_t k = 0;
-  for (; k + 4 <= K; k += 4) {
-    int64_t c = 0;
-    for (; c + 4 <= n; c += 4)
-      wgrad_block<T, 4, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
-    for (; c < n; ++c)
-      wgrad_block<T, 1, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
-  }
+  for (; k + 4 <= K; k += 4) wgrad_taps<T, WIDE>(plane, off, K, g, dwv, Lpad, n, k);
   for (; k < K; ++k) {
     int64_t c = 0;
+    if (WIDE) {
+      for (; c + 6 <= n; c += 6)
+        wgrad_block<T, 6, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+    }
     for (; c + 4 <= n; c += 4)
       wgrad_block<T, 4, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
     for (; c < n; ++c)
       wgrad_block<T, 1, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
   }
 }
-FD_CPU_CLONES void wgrad_vec(const float* plane, const int64_t* off, int64_t K, const float* g,
-                             float* dwv, int64_t Lpad, int64_t n) {
-  wgrad_vec_body<float>(plane, off, K, g, dwv, Lpad, n);
-}
-FD_CPU_CLONES void wgrad_vec(const double* plane, const int64_t* off, int64_t K, const double* g,
-                             double* dwv, int64_t Lpad, int64_t n) {
-  wgrad_vec_body<double>(plane, off, K, g, dwv, Lpad, n);
+#define FD_WGRAD_VEC(T, NAME, WIDE)                                                            \
+  FD_CPU_CLONES void NAME(const T* plane, const int64_t* off, int64_t K, const T* g, T* dwv,   \
+                          int64_t Lpad, int64_t n) {                                           \
+    wgrad_vec_body<T, WIDE>(plane, off, K, g, dwv, Lpad, n);                                   \
+  }
+FD_WGRAD_VEC(float, wgrad_vec_narrow, false)
+FD_WGRAD_VEC(double, wgrad_vec_narrow, false)
+FD_WGRAD_VEC(float, wgrad_vec_wide, true)
+FD_WGRAD_VEC(double, wgrad_vec_wide, true)
+#undef FD_WGRAD_VEC
+
+template <typename T>
+void wgrad_vec(bool wide, const T* plane, const int64_t* off, int64_t K, const T* g, T* dwv,
+               int64_t Lpad, int64_t n) {
+  if (wide) {
+    wgrad_vec_wide(plane, off, K, g, dwv, Lpad, n);
+  } else {
+    wgrad_vec_narrow(plane, off, K, g, dwv, Lpad, n);
+  }
 }
 
 // Input gradient for one tap position (ky, kx), CI input channels and NJ vectors of positions
@@ -1029,14 +1061,14 @@ void backward_kernel(const ConvPoolParams& p) {
             }
           }
           if (need_w && !tiles) {
-            wgrad_vec(plane.data(), off.data(), K, gd.data(), lane_w.data() + wo * lanes,
+            wgrad_vec(kn.wide, plane.data(), off.data(), K, gd.data(), lane_w.data() + wo * lanes,
                       f.Lpad, d.Cout);
           }
           if (need_wt && !tiles) {
             T* dst = lane_wt.data() + wo * lanes;
-            wgrad_vec(plane.data(), off.data(), K, gdt, dst, f.Lpad, d.Cout);
+            wgrad_vec(kn.wide, plane.data(), off.data(), K, gdt, dst, f.Lpad, d.Cout);
             if (!plane_t.empty()) {
-              wgrad_vec(plane_t.data(), off.data(), K, gd.data(), dst, f.Lpad, d.Cout);
+              wgrad_vec(kn.wide, plane_t.data(), off.data(), K, gd.data(), dst, f.Lpad, d.Cout);
             }
           }
           if (dx != nullptr) input_grad(dplane.data(), w + wo, gd.data(), d.Cout, gpad.data());

@@ -249,45 +249,34 @@ FD_ALWAYS_INLINE void wgrad_block(const T* __restrict__ plane, const int64_t* __
   }
 }
 
-// Blocks of channels x taps; WIDE (AVX-512's 32 registers) adds 6-channel blocks (24
-// accumulators) and 2-channel ones before single channels. Each (channel, tap) partial sums
-// over j in the same order whatever the blocking.
-template <typename T, bool WIDE>
+// KB taps from k on for all n channels, in blocks of channels; WIDE (AVX-512's 32 registers)
+// adds 6-channel blocks (24 accumulators at KB = 4) and 2-channel ones before single channels.
+// Each (channel, tap) partial sums over j in the same order whatever the blocking.
+template <typename T, bool WIDE, int KB>
 FD_ALWAYS_INLINE void wgrad_taps(const T* plane, const int64_t* off, int64_t K, const T* g,
                                  T* dwv, int64_t Lpad, int64_t n, int64_t k) {
   constexpr int L = Vec<T>::kLanes;
   int64_t c = 0;
   if (WIDE) {
     for (; c + 6 <= n; c += 6)
-      wgrad_block<T, 6, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+      wgrad_block<T, 6, KB>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
   }
   for (; c + 4 <= n; c += 4)
-    wgrad_block<T, 4, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+    wgrad_block<T, 4, KB>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
   if (WIDE) {
     for (; c + 2 <= n; c += 2)
-      wgrad_block<T, 2, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+      wgrad_block<T, 2, KB>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
   }
   for (; c < n; ++c)
-    wgrad_block<T, 1, 4>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
+    wgrad_block<T, 1, KB>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
 }
 
 template <typename T, bool WIDE>
 FD_ALWAYS_INLINE void wgrad_vec_body(const T* plane, const int64_t* off, int64_t K, const T* g,
                                      T* dwv, int64_t Lpad, int64_t n) {
-  constexpr int L = Vec<T>::kLanes;
   int64_t k = 0;
-  for (; k + 4 <= K; k += 4) wgrad_taps<T, WIDE>(plane, off, K, g, dwv, Lpad, n, k);
-  for (; k < K; ++k) {
-    int64_t c = 0;
-    if (WIDE) {
-      for (; c + 6 <= n; c += 6)
-        wgrad_block<T, 6, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
-    }
-    for (; c + 4 <= n; c += 4)
-      wgrad_block<T, 4, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
-    for (; c < n; ++c)
-      wgrad_block<T, 1, 1>(plane, off + k, g + c * Lpad, dwv + (c * K + k) * L, K, Lpad);
-  }
+  for (; k + 4 <= K; k += 4) wgrad_taps<T, WIDE, 4>(plane, off, K, g, dwv, Lpad, n, k);
+  for (; k < K; ++k) wgrad_taps<T, WIDE, 1>(plane, off, K, g, dwv, Lpad, n, k);
 }
 #define FD_WGRAD_VEC(T, NAME, WIDE)                                                            \
   FD_CPU_CLONES void NAME(const T* plane, const int64_t* off, int64_t K, const T* g, T* dwv,   \
@@ -778,7 +767,7 @@ void forward_kernel(const ConvPoolParams& p) {
   uint8_t* code = p.code_out;
   const int64_t pooled = d.HP * d.WP;
   constexpr int64_t lanes = Vec<T>::kLanes;
-  const bool tiles = conv_pool_channel_tiles_ok(d.Cout, d.KW, lanes);
+  const bool tiles = kn.wide && conv_pool_channel_tiles_fit(d.Cout, d.KW, lanes);
   const std::vector<T> wt = tiles ? tile_weights(w, d) : std::vector<T>();
   at::parallel_for(0, d.N, image_grain(d, f), [&](int64_t n0, int64_t n1) {
     std::vector<T> plane(static_cast<size_t>(f.buf));
@@ -831,7 +820,7 @@ void gather_kernel(const ConvPoolParams& p) {
   T* out = static_cast<T*>(p.out);
   const int64_t pooled = d.HP * d.WP;
   constexpr int64_t lanes = Vec<T>::kLanes;
-  const bool tiles = conv_pool_channel_tiles_ok(d.Cout, d.KW, lanes);
+  const bool tiles = kn.wide && conv_pool_channel_tiles_fit(d.Cout, d.KW, lanes);
   const std::vector<T> wt = tiles ? tile_weights(w, d) : std::vector<T>();
   at::parallel_for(0, d.N, image_grain(d, f), [&](int64_t n0, int64_t n1) {
     std::vector<T> plane(static_cast<size_t>(f.buf));
@@ -982,7 +971,8 @@ void backward_kernel(const ConvPoolParams& p) {
   // Weight gradients on the channel-vector kernels where they take the map: the scattered
   // gradients transposed to one channel vector per valid position, partials [K][lanes] per
   // channel vector (in lane_w's place).
-  const bool tiles = (need_w || need_wt) && conv_pool_channel_tiles_ok(d.Cout, d.KW, lanes);
+  const bool tiles =
+      (need_w || need_wt) && kn.wide && conv_pool_channel_tiles_fit(d.Cout, d.KW, lanes);
   const int64_t npos = 4 * d.HP * d.WP;
   const int64_t rows = d.Cin * d.KH;
   std::vector<int64_t> pos, row_off;

@@ -265,8 +265,8 @@ bool conv_pool_wide_kernels() {
   return cpu_has_avx512();
 }
 
-bool conv_pool_channel_tiles_ok(int64_t Cout, int64_t KW, int64_t lanes) {
-  return conv_pool_wide_kernels() && Cout % lanes == 0 && (KW == 3 || KW == 5);
+bool conv_pool_channel_tiles_fit(int64_t Cout, int64_t KW, int64_t lanes) {
+  return Cout % lanes == 0 && (KW == 3 || KW == 5);
 }
 
 #define FD_TILE_KERNELS(T)                                                                     \

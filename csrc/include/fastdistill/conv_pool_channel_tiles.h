@@ -19,9 +19,10 @@ namespace fastdistill {
 // FASTDISTILL_CONV_TILES is not 0).
 bool conv_pool_wide_kernels();
 
-// Whether the channel-vector kernels take a map: AVX-512 (their tiles need 32 registers),
-// whole vectors of output channels, and a kernel width they are compiled for.
-bool conv_pool_channel_tiles_ok(int64_t Cout, int64_t KW, int64_t lanes);
+// Whether the channel-vector kernels take a map where the wide kernels run (the caller asks
+// conv_pool_wide_kernels() once per op call): whole vectors of output channels and a kernel
+// width they are compiled for.
+bool conv_pool_channel_tiles_fit(int64_t Cout, int64_t KW, int64_t lanes);
 
 // One image and one channel vector, all pooled windows: conv + bias, 2x2 max (ATen's first
 // maximum; NaN wins), code, optional ReLU. out/code rows `pooled` apart per channel.
